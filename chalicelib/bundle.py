@@ -1,0 +1,165 @@
+"""A model bundle: the booster (XGBoost UBJSON), calibrator, thresholds and metadata, hash-checked.
+
+This is what serving loads, so it imports neither pandas nor scikit-learn. A bundle that fails its
+hash check, or was built for a different feature set, refuses to load: a broken artifact never
+replaces a working one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+
+from .calibration import Calibrator
+from .features import FEATURE_NAMES
+
+FORMAT = "readmit-bundle/1"
+MANIFEST = "manifest.json"
+BOOSTER = "model.ubj"
+META = "model.json"
+TIERS = ("low", "medium", "high")
+
+
+class BundleError(Exception):
+    """A bundle cannot be loaded."""
+
+
+class CorruptBundle(BundleError):
+    """A file is missing or does not match its recorded sha256."""
+
+
+class IncompatibleBundle(BundleError):
+    """The bundle was built for another feature set or format."""
+
+
+def dmatrix(X: np.ndarray, y: np.ndarray | None = None) -> xgb.DMatrix:
+    """The booster is trained with feature names, so SHAP output and `xgboost` tools name them."""
+    return xgb.DMatrix(X, label=y, missing=np.nan, feature_names=list(FEATURE_NAMES))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelBundle:
+    """A loaded, verified model ready to score feature matrices."""
+
+    path: Path
+    version: str
+    booster: xgb.Booster
+    calibrator: Calibrator
+    meta: dict[str, Any]
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return self.meta["thresholds"]
+
+    @property
+    def threshold(self) -> float:
+        """The operating threshold: at or above it, a patient is flagged high risk."""
+        return float(self.thresholds["high"])
+
+    def raw(self, X: np.ndarray) -> np.ndarray:
+        return self.booster.inplace_predict(X, validate_features=False)
+
+    def risk(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated probability of readmission within 30 days."""
+        return self.calibrator(self.raw(X))
+
+    def tiers(self, risk: np.ndarray) -> np.ndarray:
+        t = self.thresholds
+        return np.where(risk >= t["high"], "high", np.where(risk >= t["medium"], "medium", "low"))
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """XGBoost's native SHAP values (log-odds), one column per feature plus the bias last."""
+        return self.booster.predict(dmatrix(X), pred_contribs=True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelBundle:
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise CorruptBundle(f"{path} has no {MANIFEST}")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CorruptBundle(f"{manifest_path} is not JSON: {exc}") from exc
+        if manifest.get("format") != FORMAT:
+            raise IncompatibleBundle(f"bundle format {manifest.get('format')!r}, expected {FORMAT!r}")
+        files = manifest.get("files", {})
+        for required in (BOOSTER, META):
+            if required not in files:
+                raise CorruptBundle(f"{required} is not listed in {MANIFEST}")
+        for name in (BOOSTER, META):
+            file = path / name
+            if not file.is_file() or sha256_file(file) != files[name]:
+                raise CorruptBundle(f"{name} is missing or does not match its sha256")
+        meta = json.loads((path / META).read_text())
+        if tuple(meta.get("feature_names", ())) != FEATURE_NAMES:
+            raise IncompatibleBundle("the bundle's features differ from this code's features")
+        booster = xgb.Booster()
+        try:
+            booster.load_model(bytearray((path / BOOSTER).read_bytes()))
+        except xgb.core.XGBoostError as exc:
+            raise CorruptBundle(f"{BOOSTER} does not load: {exc}") from exc
+        booster.set_param({"nthread": 1})
+        return cls(path, manifest["version"], booster, Calibrator.from_dict(meta["calibration"]), meta)
+
+
+def write_bundle(
+    dest_root: Path,
+    booster: xgb.Booster,
+    calibrator: Calibrator,
+    meta: dict[str, Any],
+    extra: Callable[[dict[str, Any]], dict[str, bytes]] | None = None,
+) -> Path:
+    """Write a complete bundle to ``dest_root/<version>`` (temp dir + rename: all or nothing).
+
+    ``extra`` renders further files (model card, plots) from the final metadata, which is when the
+    version, the booster's hash, becomes known."""
+    model_bytes = bytes(booster.save_raw(raw_format="ubj"))
+    created = datetime.now(UTC)
+    version = f"{created:%Y%m%dT%H%M%SZ}-{hashlib.sha256(model_bytes).hexdigest()[:8]}"
+    meta = {
+        **meta,
+        "version": version,
+        "created_at": created.isoformat().replace("+00:00", "Z"),
+        "feature_names": list(FEATURE_NAMES),
+        "calibration": calibrator.to_dict(),
+        "xgboost_version": xgb.__version__,
+    }
+    files: dict[str, bytes] = {
+        BOOSTER: model_bytes,
+        META: json.dumps(meta, indent=2).encode(),
+        **(extra(meta) if extra else {}),
+    }
+    dest_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest_root))
+    for name, data in files.items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_bytes(data)
+    manifest = {
+        "format": FORMAT,
+        "version": version,
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be read
+    final = dest_root / version
+    os.replace(tmp, final)
+    return final

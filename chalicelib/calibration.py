@@ -1,0 +1,73 @@
+"""Probability calibration that serves without scikit-learn: a piecewise-linear map stored as JSON.
+
+Fitted on out-of-fold predictions at training time (isotonic via scikit-learn, or Platt scaling);
+applied with ``numpy.interp`` / a logistic at serving time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """Maps the booster's raw probability to a calibrated risk."""
+
+    method: str  # "isotonic" | "platt" | "identity"
+    x: tuple[float, ...] = field(default=())
+    y: tuple[float, ...] = field(default=())
+    a: float = 1.0
+    b: float = 0.0
+
+    def __call__(self, p: np.ndarray) -> np.ndarray:
+        p = np.asarray(p, dtype=np.float64)
+        if self.method == "isotonic":
+            return np.interp(p, self.x, self.y)
+        if self.method == "platt":
+            logit = np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))
+            return 1.0 / (1.0 + np.exp(-(self.a * logit + self.b)))
+        return p
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "x": list(self.x), "y": list(self.y), "a": self.a, "b": self.b}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibrator:
+        method = data["method"]
+        if method not in ("isotonic", "platt", "identity"):
+            raise ValueError(f"unknown calibration method {method!r}")
+        x, y = tuple(float(v) for v in data.get("x", ())), tuple(float(v) for v in data.get("y", ()))
+        if method == "isotonic" and (len(x) < 2 or len(x) != len(y) or any(np.diff(x) < 0)):
+            raise ValueError("isotonic calibrator needs matching, increasing x and y")
+        return cls(method, x, y, float(data.get("a", 1.0)), float(data.get("b", 0.0)))
+
+
+def fit(method: str, p: np.ndarray, y: np.ndarray) -> Calibrator:
+    """Fit on out-of-fold probabilities (training side: imports scikit-learn)."""
+    if method == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(p, y)
+        return Calibrator("isotonic", tuple(np.round(iso.X_thresholds_, 7)), tuple(np.round(iso.y_thresholds_, 7)))
+    if method == "platt":
+        from sklearn.linear_model import LogisticRegression
+
+        logit = np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1)).reshape(-1, 1)
+        lr = LogisticRegression(C=1e6).fit(logit, y)
+        return Calibrator("platt", a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
+    if method == "identity":
+        return Calibrator("identity")
+    raise ValueError(f"unknown calibration method {method!r}")
+
+
+def cross_fit(method: str, p: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Calibrated out-of-fold risk where each fold is calibrated by the other folds only, so the
+    reported calibration is not measured on the data the calibrator saw."""
+    out = np.empty_like(p, dtype=np.float64)
+    for k in np.unique(folds):
+        test = folds == k
+        out[test] = fit(method, p[~test], y[~test])(p[test])
+    return out

@@ -1,0 +1,209 @@
+"""`readmit`: the command line over the domain modules (each command parses, calls, prints)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import settings
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .dataset import CONTENT_SHA256, content_sha256, locate
+    from .tabular import read_table
+
+    path = locate(args.data, download=not args.offline)
+    digest = content_sha256(path)
+    table = read_table(path, require_target=True)
+    report = {
+        "path": str(path),
+        "sha256": digest,
+        "official_copy": digest == CONTENT_SHA256,
+        "rows": table.n_rows,
+        "invalid_rows": len(table.errors),
+        "first_errors": [{"line": e.line, "reason": e.reason} for e in table.errors[:20]],
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from .features import feature_spec_markdown
+
+    text = feature_spec_markdown()
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        _err(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .dataset import locate
+    from .registry import Registry
+    from .train import TrainConfig, train
+
+    started = time.perf_counter()
+    data = locate(args.data)
+    cfg = TrainConfig(holdout_frac=args.holdout_frac, folds=args.folds, baselines=not args.no_baselines)
+    if args.trees:
+        cfg.n_estimators = args.trees
+    out = Path(args.out) if args.out else settings.home() / "bundles"
+    result = train(data, out, cfg, progress=_err)
+    summary: dict[str, Any] = {
+        "version": result.version,
+        "bundle": str(result.bundle_dir),
+        "model_card": str(result.bundle_dir / "model_card.md"),
+        "evaluation": result.meta["evaluation"],
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.meta["summary"].items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if args.registry is not None:
+        registry = Registry.open(settings.registry_uri(args.registry or None))
+        registry.register(result.bundle_dir)
+        if registry.champion() is None:
+            registry.promote(result.version, "first model: no champion to compare with (floors only)")
+            summary["registry"] = f"{registry.storage.uri}: registered and promoted to champion"
+        else:
+            registry.set_alias("challenger", result.version, "trained; awaiting the champion/challenger gate")
+            summary["registry"] = f"{registry.storage.uri}: registered as challenger (champion unchanged)"
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .batch import predict_file
+    from .dataset import locate
+    from .loader import load_model
+
+    model = load_model(args.model or settings.registry_uri())
+    started = time.perf_counter()
+    counts = predict_file(model, locate(args.data), Path(args.out))
+    _err(f"scored {counts} in {time.perf_counter() - started:.2f}s with model {model.version} → {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .batch import labelled_cohort
+    from .dataset import locate
+    from .evaluation import evaluate
+    from .loader import load_model
+    from .train import subgroup_values
+
+    model = load_model(args.model or settings.registry_uri())
+    y, risk, scored = labelled_cohort(model, locate(args.data))
+    valid_groups = subgroup_values(scored.table.cols)
+    keep = ~scored.excluded & (scored.table.target != "")
+    groups = {k: v[keep] for k, v in valid_groups.items()}
+    metrics = evaluate(y, risk, model.threshold, groups)
+    print(json.dumps({"model_version": model.version, **metrics}, indent=2))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .dataset import locate
+    from .tune import tune
+
+    report = tune(locate(args.data), progress=_err)
+    if args.out:
+        Path(args.out).write_text(report)
+        _err(f"wrote {args.out}")
+    else:
+        print(report)
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from .registry import Registry
+
+    registry = Registry.open(settings.registry_uri(args.registry))
+    if args.action == "list":
+        aliases = {a: registry.get_alias(a) for a in ("champion", "challenger")}
+        print(json.dumps({"versions": registry.list_versions(), "aliases": aliases}, indent=2))
+    elif args.action == "history":
+        print(json.dumps(registry.history(), indent=2))
+    elif args.action == "promote":
+        if not args.version:
+            _err("promote needs a VERSION")
+            return 2
+        registry.promote(args.version, args.reason or "manual promotion")
+        print(json.dumps({"champion": registry.champion()}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="readmit", description="30-day readmission risk for diabetic patients.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("data", help="find, verify and validate the UCI data set")
+    s.add_argument("--data", help="UCI zip, .csv or .csv.gz (default: $READMIT_DATA, cache, download)")
+    s.add_argument("--offline", action="store_true", help="never download")
+    s.set_defaults(func=cmd_data)
+
+    s = sub.add_parser("features", help="print or write the feature-spec document")
+    s.add_argument("--out", help="write Markdown here (e.g. docs/features.md)")
+    s.set_defaults(func=cmd_features)
+
+    s = sub.add_parser("train", help="train, calibrate, evaluate; write a bundle and model card")
+    s.add_argument("--data")
+    s.add_argument("--out", help="folder for the bundle (default: $READMIT_HOME/bundles)")
+    s.add_argument(
+        "--registry", nargs="?", const="", default=None, help="register the bundle (default URI: $READMIT_REGISTRY)"
+    )
+    s.add_argument("--holdout-frac", type=float, default=0.0, help="share of patients held out for evaluation")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--trees", type=int, default=0, help="override the tuned number of trees")
+    s.add_argument("--no-baselines", action="store_true", help="skip the original-config and LACE baselines")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("predict", help="score a UCI-format file")
+    s.add_argument("--model", help="bundle folder, registry folder or s3:// URI (default: local champion)")
+    s.add_argument("--data", help="UCI-format zip/csv/csv.gz (default: as for `readmit data`)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("evaluate", help="metrics of a model on a labelled file, as JSON")
+    s.add_argument("--model")
+    s.add_argument("--data", help="labelled UCI-format file (default: as for `readmit data`)")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("tune", help="grouped-CV hyper-parameter search on training data")
+    s.add_argument("--data")
+    s.add_argument("--out", help="write the Markdown report here")
+    s.set_defaults(func=cmd_tune)
+
+    s = sub.add_parser("registry", help="list versions, show history, promote")
+    s.add_argument("action", choices=("list", "history", "promote"))
+    s.add_argument("version", nargs="?")
+    s.add_argument("--reason")
+    s.add_argument("--registry")
+    s.set_defaults(func=cmd_registry)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .bundle import BundleError
+    from .dataset import DatasetError
+    from .loader import NoChampion
+    from .registry import RegistryError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (DatasetError, BundleError, RegistryError, NoChampion, FileNotFoundError) as exc:
+        _err(f"readmit {args.command}: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Model registry over a Storage; the same layout works on a local folder and on S3.
+
+    models/<version>/<files...>     one bundle; manifest.json is written last and marks it complete
+    aliases/<alias>.json            {"alias", "version", "updated_at", "reason"}; one atomic object
+    history/<ts>-<hex8>.json        append-only events, one object each (S3 has no append)
+
+Stdlib + boto3 only: the serving Lambda imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from chalicelib.storage import Storage, StorageKeyNotFound, open_storage
+
+MANIFEST = "manifest.json"
+CHAMPION = "champion"
+_EVENT_FIELDS = frozenset({"event", "alias", "version", "previous", "reason", "at"})
+
+
+class RegistryError(Exception):
+    """Base class for registry failures."""
+
+
+class CorruptBundleError(RegistryError):
+    """A bundle file is missing or does not match the sha256 in its manifest."""
+
+
+class VersionExistsError(RegistryError):
+    """The version is already registered; versions are immutable."""
+
+
+class UnknownVersionError(RegistryError):
+    """The version is not registered (or was only half uploaded)."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_extra(extra: dict[str, Any] | None) -> dict[str, Any]:
+    if clash := set(extra or {}) & _EVENT_FIELDS:
+        raise ValueError(f"extra may not override event fields: {sorted(clash)}")
+    return extra or {}
+
+
+def _check_name(name: str, what: str) -> str:
+    # Versions and aliases become single path segments; refuse anything that could nest or escape.
+    if not name or "/" in name or "\\" in name or name in {".", ".."}:
+        raise RegistryError(f"invalid {what}: {name!r}")
+    return name
+
+
+def _manifest_files(manifest: dict[str, Any]) -> dict[str, str]:
+    """Validated {relative path: sha256}; paths may not escape the bundle or shadow the manifest."""
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise CorruptBundleError("manifest has no 'files' mapping")
+    for rel in files:
+        parts = rel.split("/")
+        if rel == MANIFEST or rel.startswith("/") or "" in parts or ".." in parts or "." in parts:
+            raise CorruptBundleError(f"invalid path in manifest: {rel!r}")
+    return files
+
+
+def _verify(files: dict[str, str], read: Any) -> dict[str, bytes]:
+    """Read every manifest file via read(rel) and check its sha256; return the verified bytes."""
+    blobs: dict[str, bytes] = {}
+    for rel, expected in sorted(files.items()):
+        try:
+            data = read(rel)
+        except (FileNotFoundError, IsADirectoryError, StorageKeyNotFound):
+            raise CorruptBundleError(f"missing file: {rel}") from None
+        if _sha256(data) != expected:
+            raise CorruptBundleError(f"sha256 mismatch: {rel}")
+        blobs[rel] = data
+    return blobs
+
+
+class Registry:
+    """Immutable model versions, movable aliases and an append-only audit trail."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    @classmethod
+    def open(cls, uri: str | Path, s3_client: Any = None) -> Registry:
+        """Registry at a local path or s3://bucket/prefix."""
+        return cls(open_storage(uri, s3_client))
+
+    # -- versions ------------------------------------------------------------------------------
+
+    def register(self, bundle_dir: Path, version: str | None = None) -> str:
+        """Upload a verified bundle; the manifest goes last so partial uploads stay invisible."""
+        bundle_dir = Path(bundle_dir)
+        try:
+            raw = (bundle_dir / MANIFEST).read_bytes()
+        except FileNotFoundError:
+            raise CorruptBundleError(f"no {MANIFEST} in {bundle_dir}") from None
+        try:
+            manifest = json.loads(raw)
+        except ValueError:
+            raise CorruptBundleError(f"unreadable {MANIFEST} in {bundle_dir}") from None
+        version = _check_name(version or manifest.get("version") or "", "version")
+        files = _manifest_files(manifest)
+        on_disk = {p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file()}
+        if unlisted := sorted(on_disk - set(files) - {MANIFEST}):
+            raise CorruptBundleError(f"files not in manifest: {unlisted}")
+        blobs = _verify(files, lambda rel: (bundle_dir / rel).read_bytes())
+        if self.storage.exists(f"models/{version}/{MANIFEST}"):
+            raise VersionExistsError(version)
+        if manifest.get("version") != version:  # the stored manifest names the version it lives under
+            raw = json.dumps({**manifest, "version": version}, indent=2, sort_keys=True).encode()
+        for rel, data in blobs.items():
+            self.storage.write_bytes(f"models/{version}/{rel}", data)
+        self.storage.write_bytes(f"models/{version}/{MANIFEST}", raw)
+        self._record({"event": "registered", "version": version})
+        return version
+
+    def list_versions(self) -> list[str]:
+        """Complete versions only: those whose manifest.json has been written."""
+        keys = (key.split("/") for key in self.storage.list("models/"))
+        return sorted(parts[1] for parts in keys if len(parts) == 3 and parts[2] == MANIFEST)
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        """The stored manifest of a version."""
+        return json.loads(self._manifest_bytes(version))
+
+    def _manifest_bytes(self, version: str) -> bytes:
+        try:
+            return self.storage.read_bytes(f"models/{_check_name(version, 'version')}/{MANIFEST}")
+        except StorageKeyNotFound:
+            raise UnknownVersionError(version) from None
+
+    def download(self, version: str, dest: Path) -> Path:
+        """Fetch and verify a version into dest/<version>/; reuse an existing copy that verifies."""
+        raw = self._manifest_bytes(version)
+        files = _manifest_files(json.loads(raw))
+        target = Path(dest) / version
+        if self._verifies(target, files):
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}-"))
+        try:  # build the copy beside the target, then rename: readers never see a partial folder
+            blobs = _verify(files, lambda rel: self.storage.read_bytes(f"models/{version}/{rel}"))
+            for rel, data in {**blobs, MANIFEST: raw}.items():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / rel).write_bytes(data)
+            if target.exists():  # a stale or corrupt copy: replace it
+                shutil.rmtree(target)
+            try:
+                tmp.rename(target)
+            except OSError:  # a concurrent download got there first; fine if its copy verifies
+                if not self._verifies(target, files):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    @staticmethod
+    def _verifies(folder: Path, files: dict[str, str]) -> bool:
+        if not (folder / MANIFEST).is_file():
+            return False
+        try:
+            _verify(files, lambda rel: (folder / rel).read_bytes())
+        except CorruptBundleError:
+            return False
+        return True
+
+    # -- aliases -------------------------------------------------------------------------------
+
+    def get_alias(self, alias: str) -> str | None:
+        """Version an alias points to, or None if unset."""
+        try:
+            return json.loads(self.storage.read_bytes(self._alias_key(alias)))["version"]
+        except StorageKeyNotFound:
+            return None
+
+    def alias_etag(self, alias: str) -> str | None:
+        """Cheap change detection for hot swap: metadata only, the alias is not downloaded."""
+        return self.storage.etag(self._alias_key(alias))
+
+    def set_alias(
+        self, alias: str, version: str, reason: str, event: str = "alias", extra: dict[str, Any] | None = None
+    ) -> None:
+        """Point an alias at a registered version and record the move (with the previous target)."""
+        if not self.storage.exists(f"models/{_check_name(version, 'version')}/{MANIFEST}"):
+            raise UnknownVersionError(version)
+        extra, previous, at = _check_extra(extra), self.get_alias(alias), _now()
+        doc = {"alias": alias, "version": version, "updated_at": _iso(at), "reason": reason}
+        self.storage.write_bytes(self._alias_key(alias), json.dumps(doc, indent=2).encode())
+        fields = {"event": event, "alias": alias, "version": version, "previous": previous, "reason": reason}
+        self._record({**fields, **extra}, at)
+
+    def promote(self, version: str, reason: str, extra: dict[str, Any] | None = None) -> None:
+        """Make a version the champion (what serving loads)."""
+        self.set_alias(CHAMPION, version, reason, event="promoted", extra=extra)
+
+    def reject(self, version: str, reason: str, extra: dict[str, Any] | None = None) -> None:
+        """Record that a candidate lost; aliases are left untouched."""
+        self._record({"event": "rejected", "version": version, "reason": reason, **_check_extra(extra)})
+
+    def champion(self) -> str | None:
+        """Current champion version, or None before the first promotion."""
+        return self.get_alias(CHAMPION)
+
+    @staticmethod
+    def _alias_key(alias: str) -> str:
+        return f"aliases/{_check_name(alias, 'alias')}.json"
+
+    # -- history -------------------------------------------------------------------------------
+
+    def history(self) -> list[dict[str, Any]]:
+        """All events, oldest first (keys start with a sortable UTC timestamp)."""
+        return [json.loads(self.storage.read_bytes(key)) for key in self.storage.list("history/")]
+
+    def _record(self, event: dict[str, Any], at: datetime | None = None) -> None:
+        at = at or _now()
+        key = f"history/{at.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}.json"
+        self.storage.write_bytes(key, json.dumps({**event, "at": _iso(at)}, indent=2).encode())
