@@ -25,6 +25,8 @@ UCI_URL = "https://archive.ics.uci.edu/static/public/296/diabetes+130-us+hospita
 # sha256 of diabetic_data.csv with carriage returns removed (the archive's packing and line endings vary).
 CONTENT_SHA256 = "da21942c25a10a51a8842907ab01a8530b06232616b17d317441d592a20c4359"
 CSV_MEMBER = "diabetic_data.csv"
+# The copy provided beside the project on CI and development machines (read-only; used when present).
+SHARED_COPY = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "dataset_diabetes.zip"
 
 
 class DatasetError(Exception):
@@ -46,7 +48,8 @@ def cache_dir() -> Path:
 
 
 def locate(path: str | Path | None = None, *, download: bool = True) -> Path:
-    """Where the data set is: explicit path, $READMIT_DATA, the cache, else a verified download."""
+    """Where the data set is: explicit path, $READMIT_DATA, the cache, the provided ../shared copy, else a
+    verified download from UCI."""
     for candidate, origin in ((path, "--data"), (os.environ.get(ENV_DATA), f"${ENV_DATA}")):
         if candidate:
             p = Path(candidate).expanduser()
@@ -56,6 +59,8 @@ def locate(path: str | Path | None = None, *, download: bool = True) -> Path:
     cached = cache_dir() / CSV_MEMBER
     if cached.exists():
         return cached
+    if SHARED_COPY.exists():
+        return SHARED_COPY
     if not download:
         raise DatasetNotFound(_where_to_put_it(cached))
     try:

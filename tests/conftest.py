@@ -1,0 +1,63 @@
+"""Shared fixtures: the real data set, small real samples of it, and trained bundles.
+
+The data is never downloaded by tests: they use ``$READMIT_DATA`` (set by the Makefile to the provided
+copy) or ``../shared/data/dataset_diabetes.zip``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from chalicelib.dataset import open_text
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data" / "dataset_diabetes.zip"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test touches the developer's .readmit folder or real AWS."""
+    monkeypatch.setenv("READMIT_HOME", str(tmp_path_factory.mktemp("home")))
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(var, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture(scope="session")
+def data_path() -> Path:
+    candidate = os.environ.get("READMIT_DATA") or (str(SHARED) if SHARED.exists() else "")
+    if not candidate or not Path(candidate).exists():
+        pytest.fail("the UCI data set is needed: set READMIT_DATA or provide ../shared/data/dataset_diabetes.zip")
+    return Path(candidate)
+
+
+@pytest.fixture(scope="session")
+def raw_frame(data_path: Path) -> pd.DataFrame:
+    """The whole data set as strings, exactly as written."""
+    with open_text(data_path) as fh:
+        return pd.read_csv(fh, dtype=str, keep_default_na=False, na_filter=False)
+
+
+@pytest.fixture(scope="session")
+def sample_csv(raw_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every encounter of 6,000 random patients (about 8,500 rows): real data, small enough to train fast."""
+    rng = np.random.default_rng(7)
+    patients = rng.choice(raw_frame["patient_nbr"].unique(), size=6000, replace=False)
+    sample = raw_frame[raw_frame["patient_nbr"].isin(patients)]
+    path = tmp_path_factory.mktemp("data") / "sample.csv"
+    sample.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_bundle(sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (small) model: 3-fold grouped CV, 60 trees, on the sample."""
+    from chalicelib.train import TrainConfig, train
+
+    cfg = TrainConfig(n_estimators=60, folds=3, baselines=False, holdout_frac=0.2)
+    return train(sample_csv, tmp_path_factory.mktemp("bundles"), cfg).bundle_dir
