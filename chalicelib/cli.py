@@ -141,6 +141,35 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def project_dir() -> Path:
+    """The folder holding app.py and .chalice/ (this package's parent)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from chalice.cli.factory import CLIFactory
+
+    if args.model:
+        os.environ[settings.ENV_MODEL] = args.model
+    if args.registry:
+        os.environ[settings.ENV_REGISTRY] = args.registry
+    if args.check_interval is not None:
+        os.environ["READMIT_CHECK_INTERVAL"] = str(args.check_interval)
+    factory = CLIFactory(project_dir=str(project_dir()), environ=os.environ)
+    config = factory.create_config_obj(chalice_stage_name=args.stage)
+    for key, value in config.environment_variables.items():
+        os.environ.setdefault(key, value)
+    server = factory.create_local_server(config.chalice_app, config, args.host, args.port)
+    _err(f"readmit API on http://{args.host}:{args.port} (stage {args.stage}); Ctrl-C stops it")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="readmit", description="30-day readmission risk for diabetic patients.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -181,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data")
     s.add_argument("--out", help="write the Markdown report here")
     s.set_defaults(func=cmd_tune)
+
+    s = sub.add_parser("serve", help="run the API locally (Chalice's local server)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--model", help="bundle folder or URI to serve instead of the registry's champion")
+    s.add_argument("--registry", help="registry URI (default: $READMIT_REGISTRY or the local registry)")
+    s.add_argument("--check-interval", type=float, help="seconds between champion checks (default 300)")
+    s.add_argument("--stage", default="local")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("registry", help="list versions, show history, promote")
     s.add_argument("action", choices=("list", "history", "promote"))

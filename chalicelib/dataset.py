@@ -84,8 +84,11 @@ def _download(target: Path) -> Path:
         with urllib.request.urlopen(UCI_URL, timeout=60) as resp, archive.open("wb") as out:
             shutil.copyfileobj(resp, out)
         extracted = Path(tmp) / CSV_MEMBER
-        with open_text(archive) as src, extracted.open("w", newline="") as out:
-            shutil.copyfileobj(src, out)
+        try:
+            with open_text(archive) as src, extracted.open("w", newline="") as out:
+                shutil.copyfileobj(src, out)
+        except (zipfile.BadZipFile, EOFError) as exc:
+            raise DatasetError(f"the download from {UCI_URL} is not a valid zip archive ({exc})") from exc
         digest = content_sha256(extracted)
         if digest != CONTENT_SHA256:
             raise DatasetError(f"downloaded {CSV_MEMBER} has sha256 {digest}, expected {CONTENT_SHA256}")

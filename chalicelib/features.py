@@ -271,7 +271,7 @@ class PatientHistory:
 
     def add(self, admission_type_id: int, time_in_hospital: int, number_inpatient: int, discharge: int) -> None:
         self.encounters += 1
-        self.emergency_admissions += admission_type_id == 1
+        self.emergency_admissions += admission_type_id in (1, 7)  # emergency or trauma centre, as elsewhere
         self.days += time_in_hospital
         self.max_inpatient = max(self.max_inpatient, number_inpatient)
         self.transfers_to_facility += discharge in FACILITY_DISCHARGES

@@ -51,7 +51,7 @@ def diag_group(code: str | None) -> str | None:
 # (condition, weight, predicate on the numeric code). Quan et al. 2005 ICD-9 mapping, reduced to the
 # three-digit precision of this data set.
 _CHARLSON: tuple[tuple[str, int, tuple[tuple[float, float], ...]], ...] = (
-    ("myocardial_infarction", 1, ((410, 413),)),
+    ("myocardial_infarction", 1, ((410, 411), (412, 413))),
     ("heart_failure", 1, ((428, 429),)),
     ("peripheral_vascular", 1, ((440, 442), (443.9, 444))),
     ("cerebrovascular", 1, ((430, 439),)),
@@ -59,12 +59,12 @@ _CHARLSON: tuple[tuple[str, int, tuple[tuple[float, float], ...]], ...] = (
     ("chronic_pulmonary", 1, ((490, 506),)),
     ("rheumatic", 1, ((710, 711), (714, 715), (725, 726))),
     ("peptic_ulcer", 1, ((531, 535),)),
-    ("mild_liver", 1, ((571, 572),)),
-    ("diabetes", 1, ((250.0, 250.4),)),
-    ("diabetes_complicated", 2, ((250.4, 251),)),
-    ("hemiplegia", 2, ((342, 343), (344, 345))),
+    ("mild_liver", 1, ((570, 572),)),
+    ("diabetes", 1, ((250.0, 250.4), (250.8, 251))),
+    ("diabetes_complicated", 2, ((250.4, 250.8),)),
+    ("hemiplegia", 2, ((342, 344), (344, 345))),
     ("renal", 2, ((582, 584), (585, 587))),
-    ("malignancy", 2, ((140, 196), (200, 209))),
+    ("malignancy", 2, ((140, 173), (174, 196), (200, 209))),
     ("severe_liver", 3, ((572, 573),)),
     ("metastatic", 6, ((196, 200),)),
     ("hiv_aids", 6, ((42, 45),)),

@@ -198,6 +198,7 @@ EXCLUDED_DISPOSITIONS = frozenset({11, 13, 14, 19, 20, 21})
 
 ICD9_PATTERN = re.compile(r"^(\d{1,3}(\.\d{1,2})?|V\d{2}(\.\d{1,2})?|E\d{3}(\.\d{1,2})?)$")
 MISSING = "?"
+_INT = re.compile(r"-?[0-9]+")  # ASCII digits only: '²' or '٣' are not numbers here
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,10 +282,8 @@ def _parse_int(value: Any) -> int | None:
         return value
     if isinstance(value, float):
         return int(value) if value.is_integer() else None
-    if isinstance(value, str):
-        v = value.strip()
-        if v.lstrip("-").isdigit():
-            return int(v)
+    if isinstance(value, str) and _INT.fullmatch(value.strip()):
+        return int(value)
     return None
 
 

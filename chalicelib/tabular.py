@@ -81,7 +81,7 @@ def _check(col: Column, s: pd.Series, nullable: bool) -> tuple[np.ndarray, np.nd
 def read_table(path: Path, *, require_target: bool) -> Table:
     """Read and validate a UCI-format file (zip, csv, csv.gz; CRLF or LF)."""
     with open_text(path) as fh:
-        raw = pd.read_csv(fh, dtype=str, keep_default_na=False, na_filter=False)
+        raw = pd.read_csv(fh, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False)
     required = [c for c in COLUMN_NAMES if require_target or c != TARGET]
     missing_cols = [c for c in required if c not in raw.columns]
     if missing_cols:
@@ -101,7 +101,11 @@ def validate_frame(raw: pd.DataFrame, *, require_target: bool) -> Table:
         parsed[col.name] = values
     errors = []
     for i in np.flatnonzero(~valid):
-        _, field_errors = parse_encounter(raw.iloc[i].to_dict(), require_target=require_target, require_ids=True)
+        row = raw.iloc[i].to_dict()
+        if not any(str(v).strip() for v in row.values()):
+            errors.append(RowError(int(i) + 2, "blank line"))
+            continue
+        _, field_errors = parse_encounter(row, require_target=require_target, require_ids=True)
         reason = "; ".join(f"{e.field} {e.message}" for e in field_errors) or "invalid row"
         errors.append(RowError(int(i) + 2, reason))
     cols = {c.name: parsed[c.name][valid] for c in FEATURE_INPUTS}

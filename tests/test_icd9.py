@@ -127,12 +127,6 @@ def test_charlson_index_equals_the_score_of_the_union_of_masks() -> None:
     assert charlson_from_mask(mask) == charlson_index(codes) == 1 + 2 + 2
 
 
-@pytest.mark.xfail(
-    reason="BUG icd9._CHARLSON deviates from Quan 2005 (which it cites) at the data's own precision: MI range "
-    "410-413 includes 411; hemiplegia skips 343; malignancy 140-196 includes 173 (non-melanoma skin); "
-    "250.8x/250.9x are 'without chronic complication' in Quan but scored as complicated; mild liver omits 570",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("code", "quan_score"),
     [("411", 0), ("343", 2), ("173", 0), ("250.8", 1), ("250.92", 1), ("570", 1)],

@@ -207,12 +207,6 @@ def test_all_errors_are_collected_at_once_in_schema_order(first_row: dict[str, s
 
 
 # ---- integer-lookalike strings (bug) -------------------------------------------------------------------------
-@pytest.mark.xfail(
-    reason="BUG schema._parse_int: '--5'.lstrip('-') and '²' pass str.isdigit(), then int() raises ValueError "
-    "instead of returning a FieldError",
-    raises=ValueError,
-    strict=True,
-)
 @pytest.mark.parametrize("text", ["--5", "²"])
 def test_integer_lookalike_text_is_reported_as_a_field_error_not_raised(first_row: dict[str, str], text: str) -> None:
     errors = errors_of({**first_row, "num_medications": text})

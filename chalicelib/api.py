@@ -1,0 +1,226 @@
+"""The API's behaviour, independent of Chalice: parse → call the predictor → respond.
+
+`app.py` maps each route to one method here; tests and the benchmark call the same methods. Every
+error leaves as ``{"error", "details": [{"field", "message"}]}`` with a 4xx (or 503 when no model is
+loaded); an unexpected failure is a 500 without a stack trace, logged by type only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import telemetry
+from .api_models import (
+    MAX_BATCH_BODY_BYTES,
+    MAX_BODY_BYTES,
+    parse_batch_body,
+    parse_encounter_body,
+    parse_json,
+)
+from .audit import open_prediction_log
+from .errors import ApiError, InvalidQuery, UnsupportedMediaType, ValidationFailed
+from .features import FEATURES
+from .history_store import open_history_store
+from .model_provider import DEFAULT_CHECK_INTERVAL, ModelProvider
+from .openapi import document
+from .service import Predictor, cohort_error
+from .settings import ENV_MODEL, ENV_REGISTRY, registry_uri
+
+ENV_CHECK_INTERVAL = "READMIT_CHECK_INTERVAL"
+log = telemetry.logger
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return self.body if isinstance(self.body, str) else json.dumps(self.body)
+
+
+@dataclass
+class Request:
+    body: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == lowered), None)
+
+
+def _flag(request: Request, name: str, default: bool) -> bool:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise InvalidQuery(name, f"must be true or false, got {value!r}")
+
+
+def _require_json(request: Request) -> None:
+    content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise UnsupportedMediaType(content_type or None)
+
+
+class ReadmitAPI:
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.provider = predictor.provider
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ReadmitAPI:
+        provider = ModelProvider(
+            registry_uri=None if env.get(ENV_MODEL) else registry_uri(env.get(ENV_REGISTRY)),
+            model_uri=env.get(ENV_MODEL) or None,
+            check_interval=float(env.get(ENV_CHECK_INTERVAL, DEFAULT_CHECK_INTERVAL)),
+        )
+        provider.status.listeners.append(lambda _old, new: (telemetry.MODEL_SWAPS.inc(), _set_info(new)))
+        api = cls(Predictor(provider, open_history_store(None), open_prediction_log(None)))
+        provider.current()  # load the champion once per process, before the first request
+        return api
+
+    # -- routes -----------------------------------------------------------------------------------
+    def predict(self, request: Request) -> Response:
+        return self._handle("/predict", request, self._predict)
+
+    def predict_batch(self, request: Request) -> Response:
+        return self._handle("/predict/batch", request, self._predict_batch)
+
+    def health(self, request: Request) -> Response:
+        def run(_r: Request) -> Response:
+            model = self.provider.current()
+            body = {"status": "ok", "ready": model is not None, "model_version": model.version if model else None}
+            if model is None:
+                body["detail"] = self.provider.status.last_error or "no model loaded yet"
+            return Response(200, body)
+
+        return self._handle("/health", request, run)
+
+    def model_info(self, request: Request) -> Response:
+        def run(_r: Request) -> Response:
+            model = self.predictor.model()
+            meta = model.meta
+            return Response(
+                200,
+                {
+                    "version": model.version,
+                    "trained_at": meta["created_at"],
+                    "metrics": meta["summary"],
+                    "evaluation": meta["evaluation"],
+                    "thresholds": meta["thresholds"],
+                    "calibration": meta["calibration"]["method"],
+                    "features": [{"name": f.name, "label": f.label, "sources": list(f.sources)} for f in FEATURES],
+                    "data_sha256": meta["data"]["sha256"],
+                    "code_version": meta["code_version"],
+                    "swaps": self.provider.status.swaps,
+                    "load_failures": self.provider.status.failures,
+                },
+            )
+
+        return self._handle("/model", request, run)
+
+    def metrics(self, request: Request) -> Response:
+        return Response(200, telemetry.prometheus_text().decode(), "text/plain; version=0.0.4")
+
+    def openapi(self, request: Request) -> Response:
+        return Response(200, document())
+
+    # -- implementation ---------------------------------------------------------------------------
+    def _predict(self, request: Request) -> Response:
+        _require_json(request)
+        explain, remember = _flag(request, "explain", True), _flag(request, "record", False)
+        record = parse_encounter_body(parse_json(request.body, MAX_BODY_BYTES))
+        if err := cohort_error(record):
+            raise err
+        model = self.predictor.model()
+        [scored] = self.predictor.score(
+            model, [record], explain=explain, request_id=request.request_id, remember=remember
+        )
+        telemetry.record_prediction([scored.tier], model.version)
+        return Response(200, _prediction(scored, model, request.request_id))
+
+    def _predict_batch(self, request: Request) -> Response:
+        _require_json(request)
+        explain, remember = _flag(request, "explain", True), _flag(request, "record", False)
+        items = parse_batch_body(parse_json(request.body, MAX_BATCH_BODY_BYTES))
+        results: list[dict[str, Any]] = [{"index": i} for i in range(len(items))]
+        valid: list[tuple[int, dict[str, Any]]] = []
+        for i, item in enumerate(items):
+            try:
+                record = parse_encounter_body(item, prefix=f"encounters[{i}].")
+                if err := cohort_error(record, prefix=f"encounters[{i}]."):
+                    raise err
+                valid.append((i, record))
+            except ValidationFailed as exc:
+                telemetry.record_invalid([d.field.split(".", 1)[-1] for d in exc.details])
+                results[i].update(exc.body())
+        model = self.predictor.model()
+        if valid:
+            scored = self.predictor.score(
+                model, [r for _, r in valid], explain=explain, request_id=request.request_id, remember=remember
+            )
+            for (i, _), s in zip(valid, scored, strict=True):
+                results[i]["prediction"] = _prediction(s, model, request.request_id)
+            telemetry.record_prediction([s.tier for s in scored], model.version)
+        body = {
+            "model_version": model.version,
+            "request_id": request.request_id,
+            "scored": len(valid),
+            "invalid": len(items) - len(valid),
+            "results": results,
+        }
+        return Response(200, body)
+
+    def _handle(self, route: str, request: Request, run: Callable[[Request], Response]) -> Response:
+        started = time.perf_counter()
+        try:
+            response = run(request)
+        except ApiError as exc:
+            if exc.status == 422:
+                telemetry.record_invalid([d.field for d in exc.details])
+            log.info(
+                "request rejected",
+                extra={"route": route, "status": exc.status, "fields": [d.field for d in exc.details],
+                       "request_id": request.request_id},
+            )  # fmt: skip
+            response = Response(exc.status, exc.body(request.request_id))
+        except Exception as exc:  # the one place an unexpected failure becomes a clean 500
+            log.error("request failed", extra={"route": route, "error_type": type(exc).__name__,
+                                               "request_id": request.request_id})  # fmt: skip
+            response = Response(500, {"error": "internal error", "details": [], "request_id": request.request_id})
+        elapsed = time.perf_counter() - started
+        telemetry.record_request(route, response.status)
+        telemetry.record_latency(route, elapsed)
+        response.headers.setdefault("X-Request-Id", request.request_id)
+        return response
+
+
+def _prediction(scored: Any, model: Any, request_id: str) -> dict[str, Any]:
+    return {
+        "risk": round(scored.risk, 6),
+        "risk_tier": scored.tier,
+        "threshold": round(model.threshold, 6),
+        "model_version": model.version,
+        "top_factors": scored.factors,
+        "history_encounters": scored.history_encounters,
+        "request_id": request_id,
+    }
+
+
+def _set_info(version: str) -> None:
+    telemetry.MODEL_INFO.clear()
+    telemetry.MODEL_INFO.labels(version=version).set(1)

@@ -1,0 +1,145 @@
+"""Scoring parsed encounters: history lookup → features → calibrated risk → SHAP factors → audit record.
+
+The same path serves one encounter or a batch of 500; it imports neither pandas nor scikit-learn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from .audit import AuditRecord, PredictionLog
+from .bundle import ModelBundle
+from .errors import Detail, NotReady, ValidationFailed
+from .features import FEATURE_NAMES, FEATURES, HISTORY_WIDTH, PatientHistory, display_value, encode
+from .history_store import HistoryStore
+from .identifiers import hash_id
+from .model_provider import ModelProvider
+from .schema import columns_from_records, is_excluded
+
+TOP_FACTORS = 5
+COHORT_MESSAGE = "patients discharged to hospice or expired (11, 13, 14, 19, 20, 21) are outside the model's cohort"
+
+
+def cohort_error(record: dict[str, Any], prefix: str = "") -> ValidationFailed | None:
+    if is_excluded(record):
+        return ValidationFailed([Detail(f"{prefix}discharge_disposition_id", COHORT_MESSAGE)], "outside the cohort")
+    return None
+
+
+@dataclass
+class Scored:
+    """One scored encounter, before it is shaped into a response."""
+
+    risk: float
+    tier: str
+    factors: list[dict[str, Any]] | None
+    history_encounters: int
+
+
+class Predictor:
+    """Scores validated records with the provider's current model; records history and audit on request."""
+
+    def __init__(
+        self, provider: ModelProvider, history: HistoryStore | None = None, log: PredictionLog | None = None
+    ) -> None:
+        self.provider = provider
+        self.history = history
+        self.log = log
+
+    def model(self) -> ModelBundle:
+        model = self.provider.current()
+        if model is None:
+            raise NotReady(self.provider.status.last_error or "no model loaded yet")
+        return model
+
+    def _histories(self, records: Sequence[dict[str, Any]]) -> list[PatientHistory | None]:
+        out: list[PatientHistory | None] = []
+        for r in records:
+            if self.history is None or r.get("patient_nbr") is None:
+                out.append(None)
+            else:
+                key = hash_id(r["patient_nbr"], kind="patient")
+                out.append(self.history.history(key, r.get("encounter_id")))
+        return out
+
+    def score(
+        self,
+        model: ModelBundle,
+        records: Sequence[dict[str, Any]],
+        *,
+        explain: bool = True,
+        request_id: str,
+        remember: bool = False,
+        source: str = "api",
+    ) -> list[Scored]:
+        histories = self._histories(records)
+        hist = np.zeros((len(records), HISTORY_WIDTH), dtype=np.float32)
+        for i, h in enumerate(histories):
+            if h is not None:
+                hist[i] = h.as_row()
+        X = encode(columns_from_records(list(records)), hist)
+        risk = model.risk(X)
+        tiers = model.tiers(risk).tolist()
+        contribs = model.contributions(X) if explain else None
+        results = []
+        for i, record in enumerate(records):
+            factors = None
+            if contribs is not None:
+                factors = top_factors(contribs[i], record, histories[i])
+            h = histories[i]
+            results.append(Scored(float(risk[i]), tiers[i], factors, h.encounters if h else 0))
+        if self.log is not None:
+            self.log.append(
+                [_audit(request_id, model.version, results[i], records[i], X[i], source) for i in range(len(records))]
+            )
+        if remember and self.history is not None:
+            for record in records:
+                if record.get("patient_nbr") is not None and record.get("encounter_id") is not None:
+                    self.history.record(hash_id(record["patient_nbr"], kind="patient"), record["encounter_id"], record)
+        return results
+
+
+def top_factors(
+    contrib: np.ndarray, record: dict[str, Any], history: PatientHistory | None, k: int = TOP_FACTORS
+) -> list[dict[str, Any]]:
+    """The k largest SHAP contributions by magnitude, named in clinical terms with the input value."""
+    values = contrib[: len(FEATURE_NAMES)]
+    order = np.argsort(-np.abs(values))[:k]
+    out = []
+    for j in order:
+        c = float(values[j])
+        if c == 0.0:
+            continue
+        f = FEATURES[j]
+        out.append(
+            {
+                "feature": f.name,
+                "label": f.label,
+                "value": display_value(f, record, history),
+                "contribution": round(c, 5),
+                "direction": "raises risk" if c > 0 else "lowers risk",
+            }
+        )
+    return out
+
+
+def _audit(
+    request_id: str, version: str, scored: Scored, record: dict[str, Any], x: np.ndarray, source: str
+) -> AuditRecord:
+    eid = record.get("encounter_id")
+    return AuditRecord(
+        request_id=request_id,
+        at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        model_version=version,
+        risk=scored.risk,
+        risk_tier=scored.tier,
+        encounter_hash=hash_id(eid, kind="encounter") if eid is not None else None,
+        features=[None if math.isnan(v) else float(v) for v in x.tolist()],  # type: ignore[misc]
+        source=source,
+    )

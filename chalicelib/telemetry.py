@@ -1,0 +1,59 @@
+"""Logging, metrics and tracing, PHI-safe by construction: only ids we generate, versions, counts, timings
+and field *names* are ever logged, never field values or patient/encounter identifiers.
+
+Powertools (JSON logs with correlation id, EMF metrics, X-Ray) for Lambda; a Prometheus registry for the
+container deployment on EKS and local runs (`GET /metrics`).
+"""
+
+from __future__ import annotations
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+SERVICE = "readmit"
+NAMESPACE = "Readmit"
+
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+tracer = Tracer(service=SERVICE)
+
+registry = CollectorRegistry()
+PREDICTIONS = Counter("readmit_predictions", "Encounters scored", ["tier"], registry=registry)
+REQUESTS = Counter("readmit_requests", "API requests by route and status", ["route", "status"], registry=registry)
+INVALID = Counter("readmit_invalid_fields", "Rejected fields by field name", ["field"], registry=registry)
+LATENCY = Histogram(
+    "readmit_request_seconds", "Request latency", ["route"], registry=registry,
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)  # fmt: skip
+MODEL_SWAPS = Counter("readmit_model_swaps", "Champion hot swaps", registry=registry)
+MODEL_FAILURES = Counter("readmit_model_load_failures", "Failed champion loads (kept the last good)", registry=registry)
+MODEL_INFO = Gauge("readmit_model_info", "The served model version (value 1)", ["version"], registry=registry)
+
+
+def prometheus_text() -> bytes:
+    return generate_latest(registry)
+
+
+def record_prediction(tiers: list[str], model_version: str) -> None:
+    """Count scored encounters (Prometheus + EMF). Tiers only: no values, no identifiers."""
+    high = sum(t == "high" for t in tiers)
+    for tier in set(tiers):
+        PREDICTIONS.labels(tier=tier).inc(tiers.count(tier))
+    metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=len(tiers))
+    metrics.add_metric(name="HighRiskPredictions", unit=MetricUnit.Count, value=high)
+    metrics.add_metadata(key="model_version", value=model_version)
+
+
+def record_latency(route: str, seconds: float) -> None:
+    LATENCY.labels(route=route).observe(seconds)
+    metrics.add_metric(name="LatencyMs", unit=MetricUnit.Milliseconds, value=seconds * 1000)
+
+
+def record_request(route: str, status: int) -> None:
+    REQUESTS.labels(route=route, status=str(status)).inc()
+
+
+def record_invalid(fields: list[str]) -> None:
+    for f in fields:
+        INVALID.labels(field=f).inc()
