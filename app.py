@@ -8,9 +8,9 @@ from chalice import Chalice
 from chalice import Response as ChaliceResponse
 
 from chalicelib.api import ReadmitAPI, Request, Response
-from chalicelib.telemetry import metrics
+from chalicelib import telemetry
 
-app = Chalice(app_name="readmit")
+app = Chalice(app_name="readmit-api")  # not "readmit": Chalice would set the Powertools logger to ERROR
 app.debug = False  # never send stack traces to callers
 ANY = ["*/*"]  # accept every Content-Type so a wrong one gets our 415 body, not Chalice's
 _api: ReadmitAPI | None = None
@@ -31,7 +31,7 @@ def _request() -> Request:
 
 
 def _respond(response: Response) -> ChaliceResponse:
-    metrics.flush_metrics()
+    telemetry.flush()
     headers = {"Content-Type": response.content_type, **response.headers}
     return ChaliceResponse(body=response.text(), status_code=response.status, headers=headers)
 

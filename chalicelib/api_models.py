@@ -98,7 +98,7 @@ class Prediction(BaseModel):
 
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    encounters: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH)
+    encounters: list[Any] = Field(min_length=1, max_length=MAX_BATCH, description="UCI encounter objects")
 
 
 class BatchItem(BaseModel):
@@ -165,7 +165,7 @@ def parse_encounter_body(data: Any, prefix: str = "") -> dict[str, Any]:
         raise ValidationFailed(_details(exc, prefix)) from None
 
 
-def parse_batch_body(data: Any) -> list[dict[str, Any]]:
+def parse_batch_body(data: Any) -> list[Any]:
     if isinstance(data, dict) and isinstance(data.get("encounters"), list) and len(data["encounters"]) > MAX_BATCH:
         raise PayloadTooLarge("encounters", f"has {len(data['encounters'])} items; at most {MAX_BATCH} per batch")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -151,22 +152,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from chalice.cli.factory import CLIFactory
 
+    factory = CLIFactory(project_dir=str(project_dir()), environ=os.environ)
+    # Loading the app applies .chalice/config.json's variables to os.environ; explicit flags win over them.
+    config = factory.create_config_obj(chalice_stage_name=args.stage)
     if args.model:
         os.environ[settings.ENV_MODEL] = args.model
     if args.registry:
         os.environ[settings.ENV_REGISTRY] = args.registry
     if args.check_interval is not None:
         os.environ["READMIT_CHECK_INTERVAL"] = str(args.check_interval)
-    factory = CLIFactory(project_dir=str(project_dir()), environ=os.environ)
-    config = factory.create_config_obj(chalice_stage_name=args.stage)
-    for key, value in config.environment_variables.items():
-        os.environ.setdefault(key, value)
     server = factory.create_local_server(config.chalice_app, config, args.host, args.port)
     _err(f"readmit API on http://{args.host}:{args.port} (stage {args.stage}); Ctrl-C stops it")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

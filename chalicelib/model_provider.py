@@ -8,7 +8,6 @@ is missing, corrupt or incompatible is not swapped in; the last good model keeps
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,8 +19,9 @@ from .bundle import MANIFEST, BundleError, ModelBundle
 from .loader import NoChampion, bundle_path
 from .registry import Registry, RegistryError
 from .storage import StorageError
+from .telemetry import logger
 
-log = logging.getLogger(__name__)
+log = logger
 DEFAULT_CHECK_INTERVAL = 300.0
 NOT_READY_RETRY = 5.0
 

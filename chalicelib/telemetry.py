@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 SERVICE = "readmit"
@@ -40,14 +41,22 @@ def record_prediction(tiers: list[str], model_version: str) -> None:
     high = sum(t == "high" for t in tiers)
     for tier in set(tiers):
         PREDICTIONS.labels(tier=tier).inc(tiers.count(tier))
-    metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=len(tiers))
-    metrics.add_metric(name="HighRiskPredictions", unit=MetricUnit.Count, value=high)
-    metrics.add_metadata(key="model_version", value=model_version)
+    if not is_metrics_disabled():  # Powertools still auto-flushes at 100 values when disabled
+        metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=len(tiers))
+        metrics.add_metric(name="HighRiskPredictions", unit=MetricUnit.Count, value=high)
+        metrics.add_metadata(key="model_version", value=model_version)
 
 
 def record_latency(route: str, seconds: float) -> None:
     LATENCY.labels(route=route).observe(seconds)
-    metrics.add_metric(name="LatencyMs", unit=MetricUnit.Milliseconds, value=seconds * 1000)
+    if not is_metrics_disabled():
+        metrics.add_metric(name="LatencyMs", unit=MetricUnit.Milliseconds, value=seconds * 1000)
+
+
+def flush() -> None:
+    """Emit this request's EMF metrics (Lambda); a no-op when metrics are disabled (local runs)."""
+    if not is_metrics_disabled():
+        metrics.flush_metrics()
 
 
 def record_request(route: str, status: int) -> None:

@@ -1,0 +1,251 @@
+"""The prediction audit log: one record per scored encounter, read back later by monitoring (drift, calibration).
+
+Records hold hashes, never identifiers, plus the feature vector the model saw. NaN (a missing input) is
+written as JSON null and read back as NaN. Records are partitioned by their UTC day (``dt=YYYY-MM-DD``) so a
+time window reads only its days; the layout is the same in a local folder (JSON Lines, appended) and on S3
+(one object per append, because S3 objects cannot be appended to).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import boto3
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import settings
+
+ENV_PREDICTION_LOG = "READMIT_PREDICTION_LOG"  # s3://bucket/prefix or a folder
+DEFAULT_FOLDER = "predictions"
+_PARTITION = re.compile(r"dt=(\d{4}-\d{2}-\d{2})")
+_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+# One lock for every local log in the process: two instances may point at the same folder.
+_local_lock = threading.Lock()
+
+
+class AuditLogError(Exception):
+    """Base class for prediction log failures."""
+
+
+class CorruptAuditLog(AuditLogError):
+    """A complete line in the log is not a valid audit record."""
+
+
+class InvalidLogUri(AuditLogError, ValueError):
+    """The URI names no prediction log backend this module knows."""
+
+
+def _utc(value: datetime) -> datetime:
+    """Naive datetimes are taken as UTC (what datetime.utcnow() and most logs mean)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class AuditRecord(BaseModel):
+    """One scored encounter as monitoring needs it; ``at`` is normalised to fixed-width UTC ISO (sortable)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="null")
+
+    request_id: str = Field(min_length=1)
+    at: str
+    model_version: str
+    risk: float = Field(ge=0.0, le=1.0)
+    risk_tier: str
+    encounter_hash: str | None = None
+    features: list[float]  # NaN = missing input; JSON null on disk
+    source: Literal["api", "batch"]
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _at_is_utc(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+            if value.tzinfo is None:
+                raise ValueError("at must carry a timezone (UTC)")
+        if isinstance(value, datetime):
+            return _utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return value
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _null_is_nan(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [math.nan if v is None else v for v in value]
+        return value
+
+    @property
+    def timestamp(self) -> datetime:
+        return datetime.fromisoformat(self.at)
+
+
+@runtime_checkable
+class PredictionLog(Protocol):
+    """Where scoring writes audit records and monitoring reads them; LocalPredictionLog and S3PredictionLog."""
+
+    def append(self, records: Sequence[AuditRecord]) -> None: ...
+
+    def read(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[AuditRecord]:
+        """Records with since <= at < until (either bound optional), day by day; no order within a day."""
+        ...
+
+
+def _window(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+    return (None if since is None else _utc(since)), (None if until is None else _utc(until))
+
+
+def _day_in_window(day: date, lo: datetime | None, hi: datetime | None) -> bool:
+    return (lo is None or day >= lo.date()) and (hi is None or day <= hi.date())
+
+
+def _partition_day(name: str) -> date | None:
+    match = _PARTITION.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        return date.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+
+
+def _by_day(records: Sequence[AuditRecord]) -> dict[tuple[str, str], list[str]]:
+    """JSON lines grouped by (UTC day, UTC hour) of each record."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for record in records:
+        day, hour = record.at[:10], record.at[11:13]
+        out.setdefault((day, hour), []).append(record.model_dump_json() + "\n")
+    return out
+
+
+def _parse_lines(lines: Iterable[bytes], where: str, lo: datetime | None, hi: datetime | None) -> Iterator[AuditRecord]:
+    for number, line in enumerate(lines, 1):
+        if not line.endswith(b"\n") or not line.strip():
+            continue  # a write still in flight (or torn by a crash): not a record yet
+        try:
+            record = AuditRecord.model_validate_json(line)
+        except ValidationError as exc:
+            raise CorruptAuditLog(f"{where}:{number}: not an audit record ({exc.error_count()} errors)") from None
+        t = record.timestamp
+        if (lo is None or t >= lo) and (hi is None or t < hi):
+            yield record
+
+
+def _truncate_torn_tail(fh: Any) -> None:
+    """Drop a partial last line left by a crash, so the next append does not glue onto it."""
+    size = fh.seek(0, os.SEEK_END)
+    if size == 0 or os.pread(fh.fileno(), 1, size - 1) == b"\n":
+        return
+    fh.truncate(os.pread(fh.fileno(), size, 0).rfind(b"\n") + 1)
+
+
+class LocalPredictionLog:
+    """JSON Lines under ``root/dt=YYYY-MM-DD/part-<pid>-<hour>.jsonl``; the pid keeps processes apart."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def uri(self) -> str:
+        return str(self.root)
+
+    def append(self, records: Sequence[AuditRecord]) -> None:
+        parts = _by_day(records)  # serialised before taking the lock
+        pid = os.getpid()
+        with _local_lock:
+            for (day, hour), lines in parts.items():
+                path = self.root / f"dt={day}" / f"part-{pid}-{hour}.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a+b") as fh:  # readable, to check the tail
+                    _truncate_torn_tail(fh)
+                    fh.write("".join(lines).encode())  # one write per part: whole lines only
+
+    def read(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[AuditRecord]:
+        lo, hi = _window(since, until)
+        if not self.root.is_dir():
+            return
+        for folder in sorted(self.root.iterdir()):
+            day = _partition_day(folder.name)
+            if day is None or not folder.is_dir() or not _day_in_window(day, lo, hi):
+                continue
+            for part in sorted(folder.glob("*.jsonl")):
+                with open(part, "rb") as fh:
+                    yield from _parse_lines(fh, str(part), lo, hi)
+
+
+class S3PredictionLog:
+    """One object per append (per UTC day it spans) at ``prefix/dt=YYYY-MM-DD/<request_id>-<uuid8>.jsonl``."""
+
+    def __init__(self, bucket: str, prefix: str = DEFAULT_FOLDER, client: Any = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        # Created lazily so constructing a log needs no credentials or network.
+        if self._client is None:
+            self._client = boto3.client("s3")
+        return self._client
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def _root(self) -> str:
+        return f"{self.prefix}/" if self.prefix else ""
+
+    def append(self, records: Sequence[AuditRecord]) -> None:
+        if not records:
+            return
+        name = _UNSAFE_KEY_CHARS.sub("_", records[0].request_id)[:64]
+        days: dict[str, list[str]] = {}
+        for (day, _hour), lines in _by_day(records).items():
+            days.setdefault(day, []).extend(lines)
+        for day, lines in days.items():
+            key = f"{self._root()}dt={day}/{name}-{uuid.uuid4().hex[:8]}.jsonl"
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body="".join(lines).encode(), ContentType="application/x-ndjson"
+            )
+
+    def _list(self, prefix: str, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        yield from self.client.get_paginator("list_objects_v2").paginate(**kwargs)
+
+    def read(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[AuditRecord]:
+        lo, hi = _window(since, until)
+        root = self._root()
+        partitions = sorted(
+            p["Prefix"] for page in self._list(root, "/") for p in page.get("CommonPrefixes", [])
+        )  # "prefix/dt=YYYY-MM-DD/"
+        for partition in partitions:
+            day = _partition_day(partition[len(root) :].rstrip("/"))
+            if day is None or not _day_in_window(day, lo, hi):
+                continue
+            keys = sorted(o["Key"] for page in self._list(partition) for o in page.get("Contents", []))
+            for key in keys:
+                if not key.endswith(".jsonl"):
+                    continue
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                yield from _parse_lines(body.splitlines(keepends=True), f"s3://{self.bucket}/{key}", lo, hi)
+
+
+def open_prediction_log(uri: str | None = None, s3_client: Any = None) -> PredictionLog:
+    """s3://bucket/prefix is S3, a path a local folder; None means $READMIT_PREDICTION_LOG, else home()/predictions."""
+    text = uri or os.environ.get(ENV_PREDICTION_LOG) or str(settings.home() / DEFAULT_FOLDER)
+    if text.startswith("s3://"):
+        bucket, _, prefix = text[len("s3://") :].partition("/")
+        if not bucket:
+            raise InvalidLogUri(f"missing bucket in {text!r}")
+        return S3PredictionLog(bucket, prefix, s3_client)
+    if "://" in text:
+        raise InvalidLogUri(f"unknown prediction log scheme in {text!r}; use s3://bucket/prefix or a path")
+    return LocalPredictionLog(Path(text).expanduser())

@@ -1,0 +1,213 @@
+"""The API's behaviour in-process: every bad input is a 4xx naming the field, never a 500."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from chalicelib.api import ReadmitAPI, Request
+from chalicelib.api_models import MAX_BATCH, parse_encounter_body
+from chalicelib.audit import LocalPredictionLog
+from chalicelib.bundle import ModelBundle
+from chalicelib.features import encode, history_in_file
+from chalicelib.history_store import SQLiteHistoryStore
+from chalicelib.model_provider import ModelProvider
+from chalicelib.schema import columns_from_records
+from chalicelib.service import Predictor
+
+EVENTS = Path(__file__).resolve().parent.parent / "events"
+
+
+def example() -> dict[str, Any]:
+    return json.loads(json.loads((EVENTS / "api_predict.json").read_text())["body"])
+
+
+@pytest.fixture
+def api(small_bundle: Path, tmp_path: Path) -> ReadmitAPI:
+    provider = ModelProvider(model_uri=str(small_bundle))
+    predictor = Predictor(
+        provider, SQLiteHistoryStore(tmp_path / "history.sqlite3"), LocalPredictionLog(tmp_path / "log")
+    )
+    return ReadmitAPI(predictor)
+
+
+def post(
+    api: ReadmitAPI, body: Any, route: str = "predict", query: dict | None = None, ctype: str = "application/json"
+):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = Request(raw, {"Content-Type": ctype}, query or {})
+    response = api.predict(request) if route == "predict" else api.predict_batch(request)
+    return response.status, response.body
+
+
+def fields(body: dict) -> set[str]:
+    return {d["field"] for d in body["details"]}
+
+
+def test_a_valid_encounter_gets_a_calibrated_risk_tier_and_named_factors(api: ReadmitAPI) -> None:
+    status, body = post(api, example())
+    assert status == 200
+    assert 0 < body["risk"] < 1 and body["risk_tier"] in ("low", "medium", "high")
+    assert body["model_version"] and body["request_id"]
+    assert body["risk_tier"] == ("high" if body["risk"] >= body["threshold"] else body["risk_tier"])
+    factors = body["top_factors"]
+    assert 1 <= len(factors) <= 5
+    assert all(f["label"] and f["value"] and f["direction"] in ("raises risk", "lowers risk") for f in factors)
+    magnitudes = [abs(f["contribution"]) for f in factors]
+    assert magnitudes == sorted(magnitudes, reverse=True)
+
+
+def test_the_api_risk_equals_the_batch_risk_for_the_same_encounter(api: ReadmitAPI, small_bundle: Path) -> None:
+    status, body = post(api, example())
+    record = parse_encounter_body(example())  # the example leaves unprescribed drugs out
+    model = ModelBundle.load(small_bundle)
+    assert body["risk"] == pytest.approx(float(model.risk(encode(columns_from_records([record])))[0]), abs=1e-6)
+
+
+def test_explain_false_skips_the_factors(api: ReadmitAPI) -> None:
+    status, body = post(api, example(), query={"explain": "false"})
+    assert status == 200 and body["top_factors"] is None
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"age": "[200-210)"}, "age", "allowed"),
+        ({"age": 75}, "age", "must be a string"),
+        ({"time_in_hospital": 99}, "time_in_hospital", "between 1 and 14"),
+        ({"number_inpatient": "three"}, "number_inpatient", "integer"),
+        ({"number_inpatient": True}, "number_inpatient", "integer"),
+        ({"number_inpatient": 2.5}, "number_inpatient", "integer"),
+        ({"A1Cresult": "high"}, "A1Cresult", "'>8'"),
+        ({"admission_type_id": 42}, "admission_type_id", "unknown code"),
+        ({"diag_1": "25O.1"}, "diag_1", "ICD-9"),
+        ({"glyburide-metformin": "Maybe"}, "glyburide-metformin", "'Steady'"),
+        ({"gender": "?"}, "gender", "required"),
+        ({"A1C_result": ">8"}, "A1C_result", "not a UCI encounter field"),
+    ],
+)
+def test_each_bad_field_is_named_with_the_reason(api: ReadmitAPI, change: dict, field: str, words: str) -> None:
+    status, body = post(api, {**example(), **change})
+    assert status == 422
+    detail = next(d for d in body["details"] if d["field"] == field)
+    assert words in detail["message"]
+
+
+def test_every_missing_required_field_is_listed_at_once(api: ReadmitAPI) -> None:
+    body = {k: v for k, v in example().items() if k not in ("age", "gender", "num_medications")}
+    status, out = post(api, body)
+    assert status == 422 and {"age", "gender", "num_medications"} <= fields(out)
+
+
+def test_absent_medications_and_labs_mean_not_prescribed_and_not_measured(api: ReadmitAPI) -> None:
+    body = {k: v for k, v in example().items() if k not in ("glipizide", "A1Cresult")}
+    explicit = {**body, "glipizide": "No", "A1Cresult": "None"}
+    assert post(api, body)[1]["risk"] == post(api, explicit)[1]["risk"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctype", "status", "field"),
+    [
+        (b'{"race": "Caucasian", ', "application/json", 400, "body"),
+        (b"", "application/json", 400, "body"),
+        (b"[1, 2]", "application/json", 422, "body"),
+        (json.dumps(example()).encode(), "text/plain", 415, "Content-Type"),
+        (b" " * 70_000 + b"{}", "application/json", 413, "body"),
+    ],
+)
+def test_malformed_bodies_get_clear_errors(api: ReadmitAPI, raw: bytes, ctype: str, status: int, field: str) -> None:
+    got, body = post(api, raw, ctype=ctype)
+    assert got == status and field in fields(body) and body["error"]
+
+
+def test_a_bad_query_flag_is_a_400_naming_it(api: ReadmitAPI) -> None:
+    status, body = post(api, example(), query={"explain": "perhaps"})
+    assert status == 400 and fields(body) == {"explain"}
+
+
+def test_an_encounter_outside_the_cohort_is_refused_with_the_reason(api: ReadmitAPI) -> None:
+    status, body = post(api, {**example(), "discharge_disposition_id": 11})
+    assert status == 422 and "hospice or expired" in body["details"][0]["message"]
+
+
+def test_a_batch_scores_valid_items_and_reports_invalid_ones_by_index(api: ReadmitAPI) -> None:
+    items = [example(), {**example(), "gender": "Robot"}, {**example(), "encounter_id": 5, "insulin": "No"}, "x"]
+    status, body = post(api, {"encounters": items}, route="batch")
+    assert status == 200 and body["scored"] == 2 and body["invalid"] == 2
+    results = body["results"]
+    assert results[0]["prediction"]["risk"] > 0 and results[2]["prediction"]["risk"] > 0
+    assert results[1]["details"][0]["field"] == "encounters[1].gender"
+    assert results[3]["details"][0]["field"] == "encounters[3]"
+
+
+def test_an_oversized_batch_is_refused_naming_the_limit(api: ReadmitAPI) -> None:
+    status, body = post(api, {"encounters": [example()] * (MAX_BATCH + 1)}, route="batch")
+    assert status == 413 and fields(body) == {"encounters"} and str(MAX_BATCH) in body["details"][0]["message"]
+
+
+def test_a_batch_body_must_hold_an_encounters_list(api: ReadmitAPI) -> None:
+    status, body = post(api, {"rows": []}, route="batch")
+    assert status == 422 and {"encounters", "rows"} <= fields(body)
+
+
+def test_history_recorded_online_gives_the_same_features_as_batch(api: ReadmitAPI, small_bundle: Path) -> None:
+    first = {**example(), "encounter_id": 1000, "patient_nbr": 77, "time_in_hospital": 9, "number_inpatient": 4}
+    second = {**example(), "encounter_id": 2000, "patient_nbr": 77}
+    assert post(api, first, query={"record": "true"})[0] == 200
+    status, body = post(api, second)
+    assert body["history_encounters"] == 1
+    # the batch path over a file holding both encounters
+    records = [parse_encounter_body(first), parse_encounter_body(second)]
+    cols = columns_from_records(records)
+    X = encode(cols, history_in_file([77, 77], [1000, 2000], cols))
+    expected = ModelBundle.load(small_bundle).risk(X)[1]
+    assert body["risk"] == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_every_prediction_is_audited_without_identifiers(api: ReadmitAPI, tmp_path: Path) -> None:
+    post(api, {**example(), "encounter_id": 123456789, "patient_nbr": 987654321})
+    lines = "".join(p.read_text() for p in (tmp_path / "log").rglob("*.jsonl"))
+    assert lines and "123456789" not in lines and "987654321" not in lines
+    records = [json.loads(line) for line in lines.splitlines()]
+    assert records[-1]["encounter_hash"] and len(records[-1]["features"]) > 40
+
+
+def test_without_a_model_health_says_not_ready_and_predict_is_503(tmp_path: Path) -> None:
+    api = ReadmitAPI(Predictor(ModelProvider(registry_uri=str(tmp_path / "empty"))))
+    health = api.health(Request()).body
+    assert health["ready"] is False and health["model_version"] is None and "champion" in health["detail"]
+    status, body = post(api, example())
+    assert status == 503 and body["error"] == "model not ready"
+
+
+def test_model_info_and_openapi_describe_the_service(api: ReadmitAPI) -> None:
+    info = api.model_info(Request()).body
+    assert info["thresholds"]["high"] > info["thresholds"]["medium"] and len(info["features"]) > 40
+    doc = api.openapi(Request()).body
+    encounter = doc["components"]["schemas"]["Encounter"]
+    assert "Caucasian" in encounter["properties"]["race"]["anyOf"][0]["enum"]
+    assert {"/predict", "/predict/batch", "/health", "/model", "/metrics", "/openapi.json"} <= set(doc["paths"])
+    from openapi_spec_validator import validate
+
+    validate(doc)
+
+
+def test_prometheus_metrics_count_predictions_by_tier(api: ReadmitAPI) -> None:
+    post(api, example())
+    text = api.metrics(Request()).body
+    assert "readmit_predictions_total" in text and "readmit_request_seconds_bucket" in text
+
+
+def test_the_batch_route_and_single_route_agree(api: ReadmitAPI, raw_frame: pd.DataFrame) -> None:
+    rows = raw_frame.sample(20, random_state=5).to_dict("records")
+    rows = [r for r in rows if r["discharge_disposition_id"] not in ("11", "13", "14", "19", "20", "21")]
+    for r in rows:
+        r.pop("patient_nbr")
+    _, batch = post(api, {"encounters": rows}, route="batch", query={"explain": "false"})
+    single = [post(api, r, query={"explain": "false"})[1]["risk"] for r in rows]
+    np.testing.assert_allclose([x["prediction"]["risk"] for x in batch["results"]], single, atol=1e-9)
