@@ -1,13 +1,13 @@
 """Logging, metrics and tracing, PHI-safe by construction: only ids we generate, versions, counts, timings
 and field *names* are ever logged, never field values or patient/encounter identifiers.
 
-Powertools (JSON logs with correlation id, EMF metrics, X-Ray) for Lambda; a Prometheus registry for the
+Powertools (JSON logs with correlation id, EMF metrics) for Lambda; a Prometheus registry for the
 container deployment on EKS and local runs (`GET /metrics`).
 """
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -17,7 +17,8 @@ NAMESPACE = "Readmit"
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-tracer = Tracer(service=SERVICE)
+# No Tracer here: aws_xray_sdk costs ~0.6 s of cold start; Lambda's active tracing records the API's segments,
+# and the worker functions that call other services create their own Tracer.
 
 registry = CollectorRegistry()
 PREDICTIONS = Counter("readmit_predictions", "Encounters scored", ["tier"], registry=registry)
@@ -54,8 +55,8 @@ def record_latency(route: str, seconds: float) -> None:
 
 
 def flush() -> None:
-    """Emit this request's EMF metrics (Lambda); a no-op when metrics are disabled (local runs)."""
-    if not is_metrics_disabled():
+    """Emit this request's EMF metrics (Lambda); a no-op when there are none or metrics are disabled."""
+    if metrics.metric_set and not is_metrics_disabled():
         metrics.flush_metrics()
 
 

@@ -1,0 +1,121 @@
+"""Warm in-process latency of the API handler for an API Gateway proxy event, beside raw XGBoost latency;
+cold start in a new process; batch-route throughput. Prints the figures.
+
+    .venv/bin/python benchmarks/api_latency.py --model DIR   (default: the local registry's champion)
+
+Targets (issue #3): /predict with factors p50 ≤ 1 ms, p99 ≤ 3 ms over ≥ 2,000 calls; cold start ≤ 0.8 s;
+batch ≥ 5,000 encounters/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENT = ROOT / "events" / "api_predict.json"
+
+COLD = """
+import json, os, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {root!r})
+import app
+class C: aws_request_id = "cold"; function_name = "readmit-api"; memory_limit_in_mb = 1024
+C.invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit-api"
+event = json.load(open({event!r}))
+response = app.app(event, C())
+assert response["statusCode"] == 200, response
+print(json.dumps({{"cold_s": time.perf_counter() - t0, "pandas": "pandas" in sys.modules, "sklearn": "sklearn" in sys.modules}}))
+"""
+
+
+def percentiles(samples: list[float]) -> str:
+    a = np.array(samples) * 1000
+    return f"p50 {np.percentile(a, 50):.3f} ms  p99 {np.percentile(a, 99):.3f} ms  mean {a.mean():.3f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", help="bundle folder (default: local champion)")
+    parser.add_argument("--calls", type=int, default=3000)
+    args = parser.parse_args()
+    home = tempfile.mkdtemp()
+    os.environ.update({"READMIT_HOME": home, "POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_TRACE_DISABLED": "true",
+                       "POWERTOOLS_LOG_LEVEL": "WARNING"})  # fmt: skip
+    from chalicelib.loader import bundle_path
+
+    model_dir = str(bundle_path(args.model or os.environ.get("READMIT_REGISTRY") or ROOT / ".readmit" / "registry"))
+    os.environ["READMIT_MODEL"] = model_dir
+
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    cold = [json.loads(subprocess.run([sys.executable, "-c", COLD.format(root=str(ROOT), event=str(EVENT))],
+                                      capture_output=True, text=True, env=env, check=True).stdout) for _ in range(3)]  # fmt: skip
+    print(f"cold start (new process: import app, load champion, first /predict): "
+          f"{', '.join(format(c['cold_s'], '.2f') for c in cold)} s; pandas imported: {cold[0]['pandas']}, "
+          f"scikit-learn imported: {cold[0]['sklearn']}")  # fmt: skip
+
+    sys.path.insert(0, str(ROOT))
+    import app
+    from chalicelib.bundle import ModelBundle
+
+    class Context:
+        aws_request_id = "bench"
+        function_name = "readmit-api"
+        memory_limit_in_mb = 1024
+        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit-api"
+
+    event = json.loads(EVENT.read_text())
+    for _ in range(200):
+        app.app(event, Context())
+    samples = []
+    for _ in range(args.calls):
+        t = time.perf_counter()
+        app.app(event, Context())
+        samples.append(time.perf_counter() - t)
+    print(f"/predict with factors, warm, {args.calls} calls through app.app(event): {percentiles(samples)}")
+
+    no_explain = {**event, "queryStringParameters": {"explain": "false"}}
+    samples = []
+    for _ in range(args.calls):
+        t = time.perf_counter()
+        app.app(no_explain, Context())
+        samples.append(time.perf_counter() - t)
+    print(f"/predict?explain=false, warm: {percentiles(samples)}")
+
+    model = ModelBundle.load(model_dir)
+    x = np.zeros((1, len(model.meta["feature_names"])), dtype=np.float32)
+    raw, shap = [], []
+    for _ in range(args.calls):
+        t = time.perf_counter()
+        model.booster.inplace_predict(x)
+        raw.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        model.contributions(x)
+        shap.append(time.perf_counter() - t)
+    print(f"raw XGBoost inplace_predict, 1 row: {percentiles(raw)}")
+    print(f"raw XGBoost SHAP contributions, 1 row: {percentiles(shap)}")
+
+    body = json.loads(event["body"])
+    batch = {**event, "path": "/predict/batch", "resource": "/predict/batch",
+             "body": json.dumps({"encounters": [{**body, "encounter_id": 10_000 + i} for i in range(500)]})}  # fmt: skip
+    batch["requestContext"] = {**event["requestContext"], "resourcePath": "/predict/batch"}
+    times = []
+    for _ in range(10):
+        t = time.perf_counter()
+        response = app.app(batch, Context())
+        times.append(time.perf_counter() - t)
+    assert json.loads(response["body"])["scored"] == 500
+    print(f"/predict/batch, 500 encounters with factors: best {min(times) * 1000:.0f} ms → "
+          f"{500 / min(times):,.0f} encounters/s (median {500 / np.median(times):,.0f}/s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
