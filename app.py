@@ -7,8 +7,8 @@ import uuid
 from chalice import Chalice
 from chalice import Response as ChaliceResponse
 
-from chalicelib.api import ReadmitAPI, Request, Response
 from chalicelib import telemetry
+from chalicelib.api import ReadmitAPI, Request, Response
 
 app = Chalice(app_name="readmit-api")  # not "readmit": Chalice would set the Powertools logger to ERROR
 app.debug = False  # never send stack traces to callers

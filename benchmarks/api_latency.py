@@ -33,7 +33,8 @@ C.invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit
 event = json.load(open({event!r}))
 response = app.app(event, C())
 assert response["statusCode"] == 200, response
-print(json.dumps({{"cold_s": time.perf_counter() - t0, "pandas": "pandas" in sys.modules, "sklearn": "sklearn" in sys.modules}}))
+cold = time.perf_counter() - t0
+print(json.dumps({{"cold_s": cold, "pandas": "pandas" in sys.modules, "sklearn": "sklearn" in sys.modules}}))
 """
 
 
@@ -48,19 +49,37 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000)
     args = parser.parse_args()
     home = tempfile.mkdtemp()
-    os.environ.update({"READMIT_HOME": home, "POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_TRACE_DISABLED": "true",
-                       "POWERTOOLS_LOG_LEVEL": "WARNING"})  # fmt: skip
+    os.environ.update(
+        {
+            "READMIT_HOME": home,
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+        }
+    )
     from chalicelib.loader import bundle_path
 
     model_dir = str(bundle_path(args.model or os.environ.get("READMIT_REGISTRY") or ROOT / ".readmit" / "registry"))
     os.environ["READMIT_MODEL"] = model_dir
 
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    cold = [json.loads(subprocess.run([sys.executable, "-c", COLD.format(root=str(ROOT), event=str(EVENT))],
-                                      capture_output=True, text=True, env=env, check=True).stdout) for _ in range(3)]  # fmt: skip
-    print(f"cold start (new process: import app, load champion, first /predict): "
-          f"{', '.join(format(c['cold_s'], '.2f') for c in cold)} s; pandas imported: {cold[0]['pandas']}, "
-          f"scikit-learn imported: {cold[0]['sklearn']}")  # fmt: skip
+    cold = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", COLD.format(root=str(ROOT), event=str(EVENT))],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            ).stdout
+        )
+        for _ in range(3)
+    ]
+    print(
+        f"cold start (new process: import app, load champion, first /predict): "
+        f"{', '.join(format(c['cold_s'], '.2f') for c in cold)} s; pandas imported: {cold[0]['pandas']}, "
+        f"scikit-learn imported: {cold[0]['sklearn']}"
+    )
 
     sys.path.insert(0, str(ROOT))
     import app
@@ -104,8 +123,12 @@ def main() -> None:
     print(f"raw XGBoost SHAP contributions, 1 row: {percentiles(shap)}")
 
     body = json.loads(event["body"])
-    batch = {**event, "path": "/predict/batch", "resource": "/predict/batch",
-             "body": json.dumps({"encounters": [{**body, "encounter_id": 10_000 + i} for i in range(500)]})}  # fmt: skip
+    batch = {
+        **event,
+        "path": "/predict/batch",
+        "resource": "/predict/batch",
+        "body": json.dumps({"encounters": [{**body, "encounter_id": 10_000 + i} for i in range(500)]}),
+    }
     batch["requestContext"] = {**event["requestContext"], "resourcePath": "/predict/batch"}
     times = []
     for _ in range(10):
@@ -113,8 +136,10 @@ def main() -> None:
         response = app.app(batch, Context())
         times.append(time.perf_counter() - t)
     assert json.loads(response["body"])["scored"] == 500
-    print(f"/predict/batch, 500 encounters with factors: best {min(times) * 1000:.0f} ms → "
-          f"{500 / min(times):,.0f} encounters/s (median {500 / np.median(times):,.0f}/s)")  # fmt: skip
+    print(
+        f"/predict/batch, 500 encounters with factors: best {min(times) * 1000:.0f} ms → "
+        f"{500 / min(times):,.0f} encounters/s (median {500 / np.median(times):,.0f}/s)"
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,10 @@ def main() -> None:
     for name, m in result.metrics[result.meta["evaluation"]]["models"].items():
         print(f"  {name:16s} AUC {m['roc_auc']:.4f}  Brier {m['brier']:.4f}  ECE {m['ece']:.4f}")
     print(f"training pipeline (load → features → CV → fit → calibrate → evaluate → card): {train_s:.1f} s")
-    print(f"batch predict of {sum(counts.values()):,} rows (read, validate, features, score, write CSV): "
-          f"best {min(timings):.2f} s, runs {', '.join(f'{t:.2f}' for t in timings)}")  # fmt: skip
+    print(
+        f"batch predict of {sum(counts.values()):,} rows (read, validate, features, score, write CSV): "
+        f"best {min(timings):.2f} s, runs {', '.join(f'{t:.2f}' for t in timings)}"
+    )
 
 
 if __name__ == "__main__":

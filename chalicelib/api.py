@@ -194,13 +194,19 @@ class ReadmitAPI:
                 telemetry.record_invalid([d.field for d in exc.details])
             log.info(
                 "request rejected",
-                extra={"route": route, "status": exc.status, "fields": [d.field for d in exc.details],
-                       "request_id": request.request_id},
-            )  # fmt: skip
+                extra={
+                    "route": route,
+                    "status": exc.status,
+                    "fields": [d.field for d in exc.details],
+                    "request_id": request.request_id,
+                },
+            )
             response = Response(exc.status, exc.body(request.request_id))
         except Exception as exc:  # the one place an unexpected failure becomes a clean 500
-            log.error("request failed", extra={"route": route, "error_type": type(exc).__name__,
-                                               "request_id": request.request_id})  # fmt: skip
+            log.error(
+                "request failed",
+                extra={"route": route, "error_type": type(exc).__name__, "request_id": request.request_id},
+            )
             response = Response(500, {"error": "internal error", "details": [], "request_id": request.request_id})
         elapsed = time.perf_counter() - started
         telemetry.record_request(route, response.status)

@@ -89,7 +89,7 @@ def document(version: str = "1") -> dict[str, Any]:
                         "503": ERRORS["503"],
                     },
                 }
-            },  # fmt: skip
+            },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
@@ -100,7 +100,7 @@ def document(version: str = "1") -> dict[str, Any]:
                         }
                     },
                 }
-            },  # fmt: skip
+            },
             "/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
             },

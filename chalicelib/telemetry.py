@@ -25,9 +25,12 @@ PREDICTIONS = Counter("readmit_predictions", "Encounters scored", ["tier"], regi
 REQUESTS = Counter("readmit_requests", "API requests by route and status", ["route", "status"], registry=registry)
 INVALID = Counter("readmit_invalid_fields", "Rejected fields by field name", ["field"], registry=registry)
 LATENCY = Histogram(
-    "readmit_request_seconds", "Request latency", ["route"], registry=registry,
+    "readmit_request_seconds",
+    "Request latency",
+    ["route"],
+    registry=registry,
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-)  # fmt: skip
+)
 MODEL_SWAPS = Counter("readmit_model_swaps", "Champion hot swaps", registry=registry)
 MODEL_FAILURES = Counter("readmit_model_load_failures", "Failed champion loads (kept the last good)", registry=registry)
 MODEL_INFO = Gauge("readmit_model_info", "The served model version (value 1)", ["version"], registry=registry)

@@ -146,9 +146,14 @@ def predict_raw(booster: xgb.Booster, X: np.ndarray) -> np.ndarray:
 
 
 def out_of_fold(
-    X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: dict[str, Any], trees: int, cfg: TrainConfig,
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    params: dict[str, Any],
+    trees: int,
+    cfg: TrainConfig,
     tick: Callable[[str], None] = lambda _s: None,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Out-of-fold raw probabilities: each row scored by a model that never saw its patient."""
     oof = np.empty(len(y), dtype=np.float64)
     k_all = np.unique(folds)
@@ -181,9 +186,12 @@ def _section(y: np.ndarray, scored: dict[str, tuple[np.ndarray, float]], groups:
 def _code_version() -> str:
     try:
         out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5,
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).parent,
-        )  # fmt: skip
+        )
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):

@@ -63,7 +63,7 @@ def test_a_valid_encounter_gets_a_calibrated_risk_tier_and_named_factors(api: Re
 
 
 def test_the_api_risk_equals_the_batch_risk_for_the_same_encounter(api: ReadmitAPI, small_bundle: Path) -> None:
-    status, body = post(api, example())
+    _status, body = post(api, example())
     record = parse_encounter_body(example())  # the example leaves unprescribed drugs out
     model = ModelBundle.load(small_bundle)
     assert body["risk"] == pytest.approx(float(model.risk(encode(columns_from_records([record])))[0]), abs=1e-6)
@@ -159,7 +159,7 @@ def test_history_recorded_online_gives_the_same_features_as_batch(api: ReadmitAP
     first = {**example(), "encounter_id": 1000, "patient_nbr": 77, "time_in_hospital": 9, "number_inpatient": 4}
     second = {**example(), "encounter_id": 2000, "patient_nbr": 77}
     assert post(api, first, query={"record": "true"})[0] == 200
-    status, body = post(api, second)
+    _status, body = post(api, second)
     assert body["history_encounters"] == 1
     # the batch path over a file holding both encounters
     records = [parse_encounter_body(first), parse_encounter_body(second)]

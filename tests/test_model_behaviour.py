@@ -71,15 +71,32 @@ def test_a_frail_frequently_admitted_patient_ranks_above_a_healthy_elective_one(
 ) -> None:
     template = holdout_records[0]
     frail = {
-        **template, "age": "[80-90)", "number_inpatient": 5, "number_emergency": 3, "admission_type_id": 1,
-        "discharge_disposition_id": 3, "time_in_hospital": 9, "number_diagnoses": 9, "diag_1": "428",
-        "diag_2": "585", "diag_3": "250.4",
-    }  # fmt: skip
+        **template,
+        "age": "[80-90)",
+        "number_inpatient": 5,
+        "number_emergency": 3,
+        "admission_type_id": 1,
+        "discharge_disposition_id": 3,
+        "time_in_hospital": 9,
+        "number_diagnoses": 9,
+        "diag_1": "428",
+        "diag_2": "585",
+        "diag_3": "250.4",
+    }
     healthy = {
-        **template, "age": "[30-40)", "number_inpatient": 0, "number_emergency": 0, "number_outpatient": 0,
-        "admission_type_id": 3, "discharge_disposition_id": 1, "time_in_hospital": 1, "number_diagnoses": 3,
-        "diag_1": "715", "diag_2": "V45", "diag_3": None,
-    }  # fmt: skip
+        **template,
+        "age": "[30-40)",
+        "number_inpatient": 0,
+        "number_emergency": 0,
+        "number_outpatient": 0,
+        "admission_type_id": 3,
+        "discharge_disposition_id": 1,
+        "time_in_hospital": 1,
+        "number_diagnoses": 3,
+        "diag_1": "715",
+        "diag_2": "V45",
+        "diag_3": None,
+    }
     frail_risk, healthy_risk = risk_of(model, [frail, healthy])
     assert frail_risk > 2 * healthy_risk
 

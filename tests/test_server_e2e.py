@@ -58,10 +58,23 @@ def start_server(tmp: Path, registry: Path, check_interval: float = 0.2) -> Serv
     log_path = tmp / "server.log"
     env = {**os.environ, "READMIT_HOME": str(tmp / "home"), "READMIT_ID_SALT": "test-salt", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "chalicelib.cli", "serve", "--port", str(port), "--registry", str(registry),
-         "--check-interval", str(check_interval)],
-        stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "chalicelib.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--registry",
+            str(registry),
+            "--check-interval",
+            str(check_interval),
+        ],
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+    )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

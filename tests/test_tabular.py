@@ -91,7 +91,7 @@ def test_a_blank_line_is_reported_and_line_numbers_stay_physical(small: pd.DataF
 
     table = read_table(path, require_target=True)
 
-    assert [(e.line, e.reason) for e in table.errors][0] == (3, "blank line")
+    assert next((e.line, e.reason) for e in table.errors) == (3, "blank line")
     assert [e.line for e in table.errors] == [3, 5]
     assert table.n_rows == 4 and table.valid.sum() == 2
 

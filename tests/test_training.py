@@ -104,9 +104,19 @@ def test_cli_evaluate_prints_metrics_as_json(small_bundle: Path, sample_csv: Pat
 def test_cli_train_registers_the_first_model_as_champion(sample_csv: Path, tmp_path: Path) -> None:
     registry = tmp_path / "registry"
     done = run_cli(
-        "train", "--data", str(sample_csv), "--out", str(tmp_path / "b"), "--registry", str(registry),
-        "--trees", "30", "--folds", "3", "--no-baselines",
-    )  # fmt: skip
+        "train",
+        "--data",
+        str(sample_csv),
+        "--out",
+        str(tmp_path / "b"),
+        "--registry",
+        str(registry),
+        "--trees",
+        "30",
+        "--folds",
+        "3",
+        "--no-baselines",
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert "promoted to champion" in summary["registry"]
