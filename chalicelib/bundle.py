@@ -86,8 +86,18 @@ class ModelBundle:
         return np.where(risk >= t["high"], "high", np.where(risk >= t["medium"], "medium", "low"))
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
-        """XGBoost's native SHAP values (log-odds), one column per feature plus the bias last."""
-        return self.booster.predict(dmatrix(X), pred_contribs=True)
+        """XGBoost's native SHAP values (log-odds), one column per feature plus the bias last.
+
+        Serving builds a single-threaded, unnamed DMatrix: names and a thread pool cost more than the trees
+        for one row."""
+        data = xgb.DMatrix(X, missing=np.nan, nthread=1)
+        return self.booster.predict(data, pred_contribs=True, validate_features=False)
+
+    def risk_and_contributions(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both from one tree walk: SHAP values sum to the raw margin, so the probability follows from them."""
+        contribs = self.contributions(X)
+        raw = 1.0 / (1.0 + np.exp(-contribs.sum(axis=1, dtype=np.float64)))
+        return self.calibrator(raw), contribs
 
     @classmethod
     def load(cls, path: str | Path) -> ModelBundle:

@@ -388,18 +388,35 @@ def _diag_info(code: str) -> tuple[int, int, bool, float]:
     return DIAG_GROUPS.index(group), icd9.charlson_mask(code), icd9.is_uncontrolled_diabetes(code), icd9.numeric(code)
 
 
+_SMALL = 16  # below this many rows, per-code lookups beat np.unique's sort
+
+
+@lru_cache(maxsize=4096)
+def _charlson(mask: int) -> float:
+    return float(icd9.charlson_from_mask(mask))
+
+
 def _diag_block(cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Diagnosis groups (n×3), Charlson index, uncontrolled flag and numeric codes (n×3)."""
+    """Diagnosis groups (n×3), Charlson index, uncontrolled flag and numeric codes (n×3).
+
+    Each distinct code is looked up once (cached); a batch maps its distinct codes back with np.unique."""
     codes = np.stack([cols[d] for d in DIAGS], axis=1)  # (n, 3) strings
+    if len(codes) <= _SMALL:
+        info = [[_diag_info(str(code)) for code in row] for row in codes]
+        group = np.array([[i[0] for i in row] for row in info], dtype=np.int16).reshape(codes.shape)
+        masks = [row[0][1] | row[1][1] | row[2][1] for row in info]
+        uncontrolled = np.array([any(i[2] for i in row) for row in info], dtype=bool)
+        numeric = np.array([[i[3] for i in row] for row in info], dtype=np.float32).reshape(codes.shape)
+        return group, np.array([_charlson(m) for m in masks], dtype=np.float32), uncontrolled, numeric
     uniq, inverse = np.unique(codes, return_inverse=True)
-    info = [_diag_info(str(u)) for u in uniq]
+    info_u = [_diag_info(str(u)) for u in uniq]
     inverse = inverse.reshape(codes.shape)
-    group = np.array([i[0] for i in info], dtype=np.int16)[inverse]  # (n, 3)
-    mask = np.bitwise_or.reduce(np.array([i[1] for i in info], dtype=np.int64)[inverse], axis=1)
-    uncontrolled = np.array([i[2] for i in info], dtype=bool)[inverse].any(axis=1)
-    numeric = np.array([i[3] for i in info], dtype=np.float32)[inverse]
+    group = np.array([i[0] for i in info_u], dtype=np.int16)[inverse]
+    mask = np.bitwise_or.reduce(np.array([i[1] for i in info_u], dtype=np.int64)[inverse], axis=1)
+    uncontrolled = np.array([i[2] for i in info_u], dtype=bool)[inverse].any(axis=1)
+    numeric = np.array([i[3] for i in info_u], dtype=np.float32)[inverse]
     masks, mask_inverse = np.unique(mask, return_inverse=True)
-    charlson = np.array([icd9.charlson_from_mask(int(m)) for m in masks], dtype=np.float32)[mask_inverse]
+    charlson = np.array([_charlson(int(m)) for m in masks], dtype=np.float32)[mask_inverse]
     return group, charlson.reshape(-1), uncontrolled, numeric
 
 
@@ -459,7 +476,8 @@ def encode(cols: Columns, history: np.ndarray | None = None) -> np.ndarray:
     out[:, _IDX["diags_missing"]] = (group < 0).sum(axis=1)
     out[:, _IDX["diabetes_uncontrolled"]] = uncontrolled
     out[:, _IDX["charlson_index"]] = charlson
-    acuity = np.isin(c["admission_type_id"], (1, 7)) * 3.0
+    adm = c["admission_type_id"]
+    acuity = ((adm == 1) | (adm == 7)) * 3.0
     out[:, _IDX["lace_score"]] = (
         _LACE_LOS[los.astype(np.intp)] + acuity + _LACE_CHARLSON[charlson.astype(np.intp)] + np.minimum(counts[:, 6], 4)
     )
@@ -468,7 +486,7 @@ def encode(cols: Columns, history: np.ndarray | None = None) -> np.ndarray:
     out[:, _IDX["labs_per_day"]] = labs / los
     out[:, _IDX["inpatient_x_los"]] = inpatient * los
     out[:, _IDX["age_x_inpatient"]] = age * inpatient
-    out[:, _IDX["a1c_high_and_changed"]] = np.isin(a1c, _A1C_HIGH) & changed
+    out[:, _IDX["a1c_high_and_changed"]] = ((a1c == _A1C_HIGH[0]) | (a1c == _A1C_HIGH[1])) & changed
     if history is not None:
         out[:, _IDX["hist_encounters"] :] = history
     return out

@@ -17,9 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import boto3
-from botocore.exceptions import ClientError
-
 from . import settings
 from .features import PatientHistory
 
@@ -152,11 +149,15 @@ class DynamoDBHistoryStore:
     def client(self) -> Any:
         # Created lazily so constructing a store needs no credentials or network.
         if self._client is None:
+            import boto3  # lazily: ~0.4 s of cold start that local runs do not need
+
             self._client = boto3.client("dynamodb")
         return self._client
 
     def create_table(self) -> None:
         """Create the on-demand table (tests and local setup; deployments declare it in the template)."""
+        from botocore.exceptions import ClientError  # with boto3, only on the AWS path
+
         try:
             self.client.create_table(
                 TableName=self.table_name,
@@ -197,6 +198,8 @@ class DynamoDBHistoryStore:
     def record(self, patient_key: str, encounter_id: int, record: Mapping[str, Any]) -> bool:
         item = {"patient_key": {"S": patient_key}, "encounter_id": {"N": str(_encounter_id(encounter_id))}}
         item.update({name: {"N": str(value)} for name, value in zip(FIELDS, _fields(record), strict=True)})
+        from botocore.exceptions import ClientError  # with boto3, only on the AWS path
+
         try:
             self.client.put_item(
                 TableName=self.table_name, Item=item, ConditionExpression="attribute_not_exists(encounter_id)"

@@ -84,9 +84,11 @@ class Predictor:
             if h is not None:
                 hist[i] = h.as_row()
         X = encode(columns_from_records(list(records)), hist)
-        risk = model.risk(X)
+        if explain:
+            risk, contribs = model.risk_and_contributions(X)
+        else:
+            risk, contribs = model.risk(X), None
         tiers = model.tiers(risk).tolist()
-        contribs = model.contributions(X) if explain else None
         results = []
         for i, record in enumerate(records):
             factors = None

@@ -77,3 +77,11 @@ def test_isotonic_calibration_is_monotone_and_clipped() -> None:
     out = cal(np.array([0.0, 0.1, 0.3, 0.5, 0.95, 1.0]))
     assert np.all(np.diff(out) >= 0)
     assert out[0] == pytest.approx(0.02) and out[-1] == pytest.approx(0.4)
+
+
+def test_risk_from_the_shap_walk_equals_the_direct_prediction(small_bundle: Path) -> None:
+    model = ModelBundle.load(small_bundle)
+    X = np.random.default_rng(1).integers(0, 4, size=(50, len(FEATURE_NAMES))).astype(np.float32)
+    risk, contribs = model.risk_and_contributions(X)
+    np.testing.assert_allclose(risk, model.risk(X), atol=1e-5)
+    assert contribs.shape == (50, len(FEATURE_NAMES) + 1)
