@@ -10,7 +10,8 @@ export READMIT_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export READMIT_HOME ?= $(abspath .readmit)
 export MPLBACKEND := Agg
 
-.PHONY: setup demo test lint clean docs
+.PHONY: setup demo test lint clean docs build-ApiFunction lambda-size
+.DEFAULT_GOAL := demo
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,3 +42,22 @@ docs: setup
 
 clean:
 	rm -rf $(VENV) .readmit .pytest_cache .ruff_cache
+
+# SAM's makefile build (template.yaml: BuildMethod makefile): the API function gets app.py, chalicelib and the
+# serving dependencies only (no pandas, no scikit-learn), as Linux wheels. Chalice is needed only for its
+# runtime module (no botocore, click or yaml: boto3 comes with the Lambda runtime); test suites are dropped.
+LAMBDA_PYTHON ?= 3.12
+SERVING_DEPS = numpy xgboost-cpu scipy pydantic aws-lambda-powertools platformdirs prometheus-client
+build-ApiFunction:
+	cp -r app.py chalicelib "$(ARTIFACTS_DIR)/"
+	python3 -m pip install --quiet --no-warn-conflicts --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
+		--implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: $(SERVING_DEPS)
+	python3 -m pip install --quiet --no-warn-conflicts --no-deps --target "$(ARTIFACTS_DIR)" chalice
+	cd "$(ARTIFACTS_DIR)" && rm -rf bin chalice/cli chalice/deploy chalice/templates \
+		scipy/*/tests scipy/*/*/tests && find . -name __pycache__ -prune -exec rm -rf {} +
+
+# Unzipped size of the API function package (Lambda's limit: 250 MB).
+lambda-size: setup
+	rm -rf build/lambda && mkdir -p build/lambda
+	$(MAKE) --no-print-directory build-ApiFunction ARTIFACTS_DIR=$(abspath build/lambda)
+	@du -sm build/lambda | awk '{print "API function package, unzipped: " $$1 " MB (limit 250 MB)"}'

@@ -9,6 +9,7 @@ stable across restarts. ``kind`` separates namespaces: patient 123 and encounter
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import numbers
@@ -17,6 +18,7 @@ import secrets
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from . import settings
 
@@ -95,11 +97,29 @@ def _read_or_create(path: Path) -> str:
     return salt
 
 
+ENV_SALT_SECRET = "READMIT_ID_SALT_SECRET"  # on AWS: a Secrets Manager secret id holding the salt
+
+
+@functools.lru_cache(maxsize=4)
+def secret_salt(secret_id: str, client: Any = None) -> str:
+    """The salt from Secrets Manager, fetched once per container: every container must hash alike."""
+    if client is None:
+        import boto3
+
+        client = boto3.client("secretsmanager")
+    value = client.get_secret_value(SecretId=secret_id)["SecretString"]
+    if not value:
+        raise EmptySalt(f"secret {secret_id} holds an empty salt")
+    return value
+
+
 def _resolve_salt(salt: str | None) -> str:
     if salt is not None:
         if not salt:
             raise EmptySalt("the salt must not be empty")
         return salt
+    if secret_id := os.environ.get(ENV_SALT_SECRET):
+        return secret_salt(secret_id)
     return os.environ.get(settings.ENV_SALT) or installation_salt()
 
 

@@ -124,3 +124,24 @@ def test_an_empty_salt_file_is_an_error_not_silently_regenerated(tmp_path: Path)
     with pytest.raises(CorruptSaltFile):
         installation_salt(path)
     assert path.read_text() == ""
+
+
+def test_on_aws_the_salt_comes_from_secrets_manager_so_every_container_hashes_alike(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import boto3
+    from moto import mock_aws
+
+    from chalicelib import identifiers
+
+    monkeypatch.setenv("READMIT_HOME", str(tmp_path))
+    monkeypatch.delenv("READMIT_ID_SALT", raising=False)
+    identifiers.secret_salt.cache_clear()
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name="us-east-1")
+        arn = client.create_secret(Name="readmit-salt", SecretString="from-the-secret")["ARN"]
+        monkeypatch.setenv("READMIT_ID_SALT_SECRET", arn)
+        hashed = identifiers.hash_id(12345, kind="patient")
+    identifiers.secret_salt.cache_clear()
+    assert hashed == identifiers.hash_id(12345, "from-the-secret", kind="patient")
+    assert not (tmp_path / "id_salt").exists()  # no per-container salt was made
