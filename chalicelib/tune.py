@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from .tabular import read_table
-from .train import DEFAULT_PARAMS, TrainConfig, grouped_folds, out_of_fold, prepare
+from .train import DEFAULT_PARAMS, MONOTONE_INCREASING, TrainConfig, grouped_folds, out_of_fold, prepare
 
 GRID: dict[str, list[Any]] = {
     "max_depth": [4, 5, 6],
@@ -48,7 +48,9 @@ def tune(
         "# Hyper-parameter search",
         "",
         f"{folds}-fold patient-grouped CV on {len(prep.y):,} cohort encounters (training data only), ranked by mean",
-        "out-of-fold ROC-AUC. Fixed: " + ", ".join(f"`{k}={v}`" for k, v in DEFAULT_PARAMS.items() if k not in grid),
+        "out-of-fold ROC-AUC. Fixed: "
+        + ", ".join(f"`{k}={v}`" for k, v in DEFAULT_PARAMS.items() if k not in grid and k != "monotone_constraints")
+        + f", monotone increasing in {', '.join(f'`{n}`' for n in MONOTONE_INCREASING)}.",
         "",
         "| rank | " + " | ".join(grid) + " | trees | AUC (mean ± sd over folds) |",
         "|---|" + "---|" * len(grid) + "---|---|",

@@ -1,0 +1,88 @@
+"""template.yaml: valid CloudFormation (cfn-lint), and the API's events match the Chalice routes exactly."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+
+
+class CfnLoader(yaml.SafeLoader):
+    """Reads CloudFormation short-form intrinsics (!Ref, !Sub, …) as plain values."""
+
+
+def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return {suffix: loader.construct_scalar(node)}
+    if isinstance(node, yaml.SequenceNode):
+        return {suffix: loader.construct_sequence(node)}
+    return {suffix: loader.construct_mapping(node)}
+
+
+CfnLoader.add_multi_constructor("!", _intrinsic)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)
+
+
+def test_cfn_lint_reports_nothing() -> None:
+    import os
+
+    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"
+    done = subprocess.run([str(cfn_lint), str(TEMPLATE)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_chalice_route_has_exactly_one_api_event(template: dict[str, Any]) -> None:
+    import app
+
+    routes = {(path, method.lower()) for path, methods in app.app.routes.items() for method in methods}
+    events = template["Resources"]["ApiFunction"]["Properties"]["Events"]
+    declared = {(e["Properties"]["Path"], e["Properties"]["Method"]) for e in events.values() if e["Type"] == "Api"}
+    assert routes <= declared
+    assert declared - routes == {("/{proxy+}", "any")}  # the catch-all, which Chalice answers with 405
+
+
+def test_the_api_handler_resolves_to_a_callable(template: dict[str, Any]) -> None:
+    module, attr = template["Resources"]["ApiFunction"]["Properties"]["Handler"].rsplit(".", 1)
+    assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_health_and_openapi_are_public_and_everything_else_needs_a_key(template: dict[str, Any]) -> None:
+    api = template["Resources"]["Api"]["Properties"]
+    assert api["Auth"]["ApiKeyRequired"] is True
+    events = template["Resources"]["ApiFunction"]["Properties"]["Events"]
+    public = {
+        e["Properties"]["Path"]
+        for e in events.values()
+        if e["Properties"].get("Auth", {}).get("ApiKeyRequired") is False
+    }
+    assert public == {"/health", "/openapi.json"}
+
+
+def test_buckets_are_encrypted_private_and_tls_only(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    buckets = [k for k, v in resources.items() if v["Type"] == "AWS::S3::Bucket"]
+    policies = {v["Properties"]["Bucket"]["Ref"]: v for v in resources.values() if v["Type"] == "AWS::S3::BucketPolicy"}
+    for name in buckets:
+        props = resources[name]["Properties"]
+        assert (
+            props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"][
+                "SSEAlgorithm"
+            ]
+            == "aws:kms"
+        )
+        assert all(props["PublicAccessBlockConfiguration"].values())
+        statement = policies[name]["Properties"]["PolicyDocument"]["Statement"][0]
+        assert statement["Effect"] == "Deny" and statement["Condition"]["Bool"]["aws:SecureTransport"] is False
