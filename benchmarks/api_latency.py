@@ -101,7 +101,11 @@ def main() -> None:
         samples.append(time.perf_counter() - t)
     print(f"/predict with factors, warm, {args.calls} calls through app.app(event): {percentiles(samples)}")
 
-    no_explain = {**event, "queryStringParameters": {"explain": "false"}}
+    no_explain = {
+        **event,
+        "queryStringParameters": {"explain": "false"},
+        "multiValueQueryStringParameters": {"explain": ["false"]},
+    }
     samples = []
     for _ in range(args.calls):
         t = time.perf_counter()
