@@ -142,6 +142,53 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from .dataset import locate
+    from .gate import GateConfig
+    from .registry import Registry
+    from .retrain import retrain
+
+    if args.remote:
+        return _start_remote(args)
+    registry = Registry.open(settings.registry_uri(args.registry))
+    gate = GateConfig(min_auc=args.min_auc, max_auc_drop=args.max_auc_drop, max_ece=args.max_ece)
+    result = retrain(
+        locate(args.data), registry, trigger=args.trigger, eval_frac=args.eval_frac, gate_cfg=gate, progress=_err
+    )
+    d = result.decision
+    print(
+        json.dumps(
+            {
+                "decision": "promoted" if d.promote else "rejected",
+                "challenger": result.version,
+                "champion": result.champion,
+                "reasons": d.reasons,
+                "challenger_auc": d.challenger["roc_auc"],
+                "champion_auc": d.champion["roc_auc"] if d.champion else None,
+                "seconds": round(result.seconds, 1),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _start_remote(args: argparse.Namespace) -> int:
+    """Start the retraining state machine on AWS (its ARN from --state-machine or $READMIT_STATE_MACHINE)."""
+    import os
+
+    import boto3
+
+    arn = args.state_machine or os.environ.get("READMIT_STATE_MACHINE")
+    if not arn or not args.data or not args.data.startswith("s3://"):
+        _err("readmit retrain --remote needs --state-machine ARN (or $READMIT_STATE_MACHINE) and --data s3://…")
+        return 2
+    payload = {"trigger": args.trigger, "data_uri": args.data, "registry_uri": settings.registry_uri(args.registry)}
+    response = boto3.client("stepfunctions").start_execution(stateMachineArn=arn, input=json.dumps(payload))
+    print(json.dumps({"executionArn": response["executionArn"], "input": payload}, indent=2))
+    return 0
+
+
 def project_dir() -> Path:
     """The folder holding app.py and .chalice/ (this package's parent)."""
     return Path(__file__).resolve().parent.parent
@@ -208,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data")
     s.add_argument("--out", help="write the Markdown report here")
     s.set_defaults(func=cmd_tune)
+
+    s = sub.add_parser("retrain", help="train a challenger, gate it against the champion, promote or reject")
+    s.add_argument("--data")
+    s.add_argument("--registry")
+    s.add_argument("--trigger", choices=("schedule", "drift", "manual"), default="manual")
+    s.add_argument("--eval-frac", type=float, default=0.2, help="share of patients in the shared evaluation set")
+    s.add_argument("--min-auc", type=float, default=0.65)
+    s.add_argument("--max-auc-drop", type=float, default=0.005)
+    s.add_argument("--max-ece", type=float, default=0.02)
+    s.add_argument("--remote", action="store_true", help="start the AWS state machine instead of running here")
+    s.add_argument("--state-machine", help="ARN of the retraining state machine (with --remote)")
+    s.set_defaults(func=cmd_retrain)
 
     s = sub.add_parser("serve", help="run the API locally (Chalice's local server)")
     s.add_argument("--host", default="127.0.0.1")

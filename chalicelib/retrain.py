@@ -1,0 +1,109 @@
+"""Retraining: train a challenger, score it and the champion on the same patient-grouped evaluation set,
+gate, then promote or reject, recording the decision and its reasons in the registry history.
+
+`readmit retrain` runs these steps in-process; on AWS the Step Functions workflow runs the same functions
+from Lambda (evaluate, promote, reject), with training in SageMaker.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .bundle import ModelBundle
+from .gate import Decision, GateConfig, decide
+from .registry import Registry
+from .tabular import read_table
+from .train import TrainConfig, holdout_split, prepare, train
+
+TRIGGERS = ("schedule", "drift", "manual")
+
+
+@dataclass
+class EvaluationSet:
+    """The patient-grouped evaluation set both models are scored on."""
+
+    X: Any
+    y: Any
+    groups: dict[str, Any]
+
+
+def evaluation_set(data_path: Path, frac: float, seed: int) -> EvaluationSet:
+    """The held-out patients of ``data_path`` (the same split `train(holdout_frac=frac, seed=seed)` keeps out)."""
+    prep = prepare(read_table(data_path, require_target=True))
+    X, y, _, groups = prep.subset(holdout_split(prep.patients, frac, seed))
+    return EvaluationSet(X, y, groups)
+
+
+def evaluate_challenger(
+    registry: Registry, challenger: ModelBundle, evalset: EvaluationSet, cfg: GateConfig | None = None
+) -> Decision:
+    """Gate the challenger against the registry's champion (if any) on ``evalset``."""
+    champion_version = registry.champion()
+    champion_risk = champion_threshold = None
+    if champion_version and champion_version != challenger.version:
+        with tempfile.TemporaryDirectory() as tmp:
+            champion = ModelBundle.load(registry.download(champion_version, Path(tmp)))
+            champion_risk, champion_threshold = champion.risk(evalset.X), champion.threshold
+    return decide(
+        evalset.y, challenger.risk(evalset.X), challenger.threshold, evalset.groups,
+        champion_risk, champion_threshold, cfg,
+    )  # fmt: skip
+
+
+def apply_decision(registry: Registry, version: str, decision: Decision, *, trigger: str, champion: str | None) -> str:
+    """Promote or reject; the champion changes only on a promotion. Returns the champion afterwards."""
+    extra = {"trigger": trigger, "gate_reasons": decision.reasons, "challenger_metrics": _headline(decision.challenger)}
+    if decision.champion is not None:
+        extra["champion_metrics"] = _headline(decision.champion)
+        extra["churn"] = decision.churn
+    summary = "; ".join(r for r in decision.reasons if "not gating" not in r)
+    if decision.promote:
+        registry.promote(version, f"passed the gate ({trigger}): {summary}", extra)
+        return version
+    registry.reject(version, f"failed the gate ({trigger}): {summary}", extra)
+    return champion or ""
+
+
+def _headline(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("n", "roc_auc", "brier", "ece")}
+
+
+@dataclass
+class RetrainResult:
+    version: str
+    decision: Decision
+    champion: str
+    seconds: float
+
+
+def retrain(
+    data_path: Path,
+    registry: Registry,
+    *,
+    trigger: str = "manual",
+    eval_frac: float = 0.2,
+    seed: int = TrainConfig.seed,
+    train_cfg: TrainConfig | None = None,
+    gate_cfg: GateConfig | None = None,
+    work_dir: Path | None = None,
+    progress: Callable[[str], None] = lambda _m: None,
+) -> RetrainResult:
+    """The whole loop in-process, against any registry (a folder or s3://)."""
+    if trigger not in TRIGGERS:
+        raise ValueError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
+    started = time.perf_counter()
+    cfg = train_cfg or TrainConfig()
+    cfg.holdout_frac, cfg.seed = eval_frac, seed
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(data_path, work_dir or Path(tmp), cfg, progress)
+        version = registry.register(result.bundle_dir)
+        progress(f"registered challenger {version}")
+        challenger = ModelBundle.load(result.bundle_dir)
+    decision = evaluate_challenger(registry, challenger, evaluation_set(data_path, eval_frac, seed), gate_cfg)
+    champion = apply_decision(registry, version, decision, trigger=trigger, champion=registry.champion())
+    return RetrainResult(version, decision, champion, time.perf_counter() - started)

@@ -1,0 +1,38 @@
+"""`readmit retrain` end to end on a real sample: a promotion, then a rejection, both recorded with reasons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chalicelib.gate import GateConfig
+from chalicelib.registry import Registry
+from chalicelib.retrain import retrain
+from chalicelib.train import TrainConfig
+
+
+def small() -> TrainConfig:
+    return TrainConfig(n_estimators=60, folds=3, baselines=False)
+
+
+def test_first_retrain_promotes_and_a_worse_gate_outcome_keeps_the_champion(sample_csv: Path, tmp_path: Path) -> None:
+    registry = Registry.open(tmp_path / "registry")
+
+    first = retrain(sample_csv, registry, trigger="schedule", train_cfg=small(), gate_cfg=GateConfig(min_auc=0.55))
+    assert first.decision.promote and registry.champion() == first.version
+
+    # the challenger must now beat the champion by 0.05 AUC, which a retrain on the same data cannot
+    strict = GateConfig(min_auc=0.55, max_auc_drop=-0.05)
+    second = retrain(sample_csv, registry, trigger="drift", train_cfg=small(), gate_cfg=strict)
+    assert not second.decision.promote
+    assert registry.champion() == first.version  # the champion is untouched
+    events = [e for e in registry.history() if e["event"] in ("promoted", "rejected")]
+    assert [e["event"] for e in events] == ["promoted", "rejected"]
+    assert events[1]["trigger"] == "drift" and "trails the champion" in events[1]["reason"]
+    assert events[1]["version"] == second.version and events[1]["champion_metrics"]["roc_auc"] > 0.55
+
+
+def test_a_bad_trigger_is_refused(sample_csv: Path, tmp_path: Path) -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="trigger"):
+        retrain(sample_csv, Registry.open(tmp_path / "r"), trigger="cron")
