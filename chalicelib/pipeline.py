@@ -1,0 +1,102 @@
+"""What the retraining workflow's Lambda functions do, given their event (handlers in functions/ only parse,
+call these and return). Events and results are the state machine's JSON."""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .bundle import ModelBundle
+from .gate import Decision, GateConfig
+from .registry import Registry
+from .retrain import TRIGGERS, apply_decision, evaluate_challenger, evaluation_set
+from .sagemaker_jobs import TrainingJobs, TrainingSettings, job_name
+from .storage import open_storage
+from .train import TrainConfig
+
+
+class RetrainInput(BaseModel):
+    """The execution input (EventBridge rules and `readmit retrain --remote` send it)."""
+
+    trigger: str = Field(pattern="^(" + "|".join(TRIGGERS) + ")$")
+    data_uri: str = Field(pattern="^s3://")
+    registry_uri: str
+    eval_frac: float = Field(default=0.2, gt=0, lt=1)
+    seed: int = TrainConfig.seed
+    execution_name: str = "manual"
+    gate: dict[str, Any] = Field(default_factory=dict)
+
+
+def start_training(event: dict[str, Any], jobs: TrainingJobs | None = None) -> dict[str, Any]:
+    run = RetrainInput.model_validate(event)
+    jobs = jobs or TrainingJobs(TrainingSettings.from_env())
+    # The job holds out the same patients the evaluation step scores both models on.
+    name = jobs.start(
+        job_name(run.execution_name, run.trigger), run.data_uri, {"holdout_frac": run.eval_frac, "seed": run.seed}
+    )
+    return {"job_name": name}
+
+
+def check_training(event: dict[str, Any], jobs: TrainingJobs | None = None) -> dict[str, Any]:
+    jobs = jobs or TrainingJobs(TrainingSettings.from_env())
+    return jobs.status(event["training"]["job_name"])
+
+
+def _fetch(uri: str, dest: Path, s3_client: Any = None) -> Path:
+    """Copy an s3:// object (or a local file) to ``dest``."""
+    if uri.startswith("s3://"):
+        bucket_prefix, _, key = uri[len("s3://") :].partition("/")
+        folder, _, name = key.rpartition("/")
+        storage = open_storage(f"s3://{bucket_prefix}/{folder}" if folder else f"s3://{bucket_prefix}", s3_client)
+        dest.write_bytes(storage.read_bytes(name))
+    else:
+        dest.write_bytes(Path(uri).read_bytes())
+    return dest
+
+
+def evaluate(event: dict[str, Any], s3_client: Any = None) -> dict[str, Any]:
+    """Register the trained challenger, gate it against the champion on the shared evaluation set."""
+    run = RetrainInput.model_validate({k: v for k, v in event.items() if k in RetrainInput.model_fields})
+    registry = Registry.open(run.registry_uri, s3_client=s3_client)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        archive = _fetch(event["training"]["model_artifact"], work / "model.tar.gz", s3_client)
+        bundle_dir = work / "bundle"
+        with tarfile.open(archive) as tar:
+            tar.extractall(bundle_dir, filter="data")
+        challenger = ModelBundle.load(bundle_dir)  # refuses a corrupt or incompatible artifact
+        version = registry.register(bundle_dir)
+        data = _fetch(run.data_uri, work / Path(run.data_uri).name, s3_client)
+        decision = evaluate_challenger(
+            registry, challenger, evaluation_set(data, run.eval_frac, run.seed), GateConfig.from_dict(run.gate)
+        )
+    return {"challenger_version": version, "champion_version": registry.champion(), **decision.to_dict()}
+
+
+def _decision(event: dict[str, Any]) -> Decision:
+    d = event["decision"]
+    return Decision(d["promote"], d["reasons"], d["challenger"], d.get("champion"), d.get("churn"), d.get("config", {}))
+
+
+def promote(event: dict[str, Any], s3_client: Any = None) -> dict[str, Any]:
+    registry = Registry.open(event["registry_uri"], s3_client=s3_client)
+    decision = _decision(event)
+    if not decision.promote:
+        raise ValueError("promote called for a decision that did not pass the gate")
+    version = event["decision"]["challenger_version"]
+    champion = apply_decision(registry, version, decision, trigger=event["trigger"], champion=registry.champion())
+    return {"champion": champion, "promoted": version}
+
+
+def reject(event: dict[str, Any], s3_client: Any = None) -> dict[str, Any]:
+    """Record the rejection and its reasons; the champion stays as it is."""
+    registry = Registry.open(event["registry_uri"], s3_client=s3_client)
+    decision = _decision(event)
+    decision.promote = False  # whatever the input claims, this step never promotes
+    version = event["decision"]["challenger_version"]
+    champion = apply_decision(registry, version, decision, trigger=event["trigger"], champion=registry.champion())
+    return {"champion": champion, "rejected": version}
