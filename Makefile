@@ -10,7 +10,7 @@ export READMIT_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export READMIT_HOME ?= $(abspath .readmit)
 export MPLBACKEND := Agg
 
-.PHONY: setup demo test lint clean docs build-ApiFunction lambda-size
+.PHONY: setup tools validate-asl demo test lint clean docs build-ApiFunction lambda-size
 .DEFAULT_GOAL := demo
 
 $(STAMP): pyproject.toml
@@ -21,6 +21,28 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 setup: $(STAMP)
+
+# Node tools, installed locally into .tools/ (nothing global): asl-validator checks the Step Functions definitions.
+TOOLS := .tools
+ASL_VALIDATOR_SPEC ?= asl-validator@3
+ASL_VALIDATOR := $(TOOLS)/node_modules/.bin/asl-validator
+TOOLS_STAMP := $(TOOLS)/.installed-$(shell echo '$(ASL_VALIDATOR_SPEC)' | sha1sum | cut -c1-12)
+
+$(TOOLS_STAMP):
+	@command -v npm >/dev/null || { echo "npm (Node.js 18+) is needed for $(ASL_VALIDATOR_SPEC)" >&2; exit 1; }
+	@mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error $(ASL_VALIDATOR_SPEC)
+	@test -x $(ASL_VALIDATOR)
+	@rm -f $(TOOLS)/.installed-*
+	@touch $@
+
+tools: $(TOOLS_STAMP)
+	@test -x $(ASL_VALIDATOR) || { rm -f $(TOOLS_STAMP); $(MAKE) --no-print-directory $(TOOLS_STAMP); }
+
+# The definitions as written (SAM placeholders are plain strings there); tests/test_statemachine.py also
+# validates them with the placeholders substituted, and runs them in moto.
+validate-asl: tools
+	@for f in statemachines/*.asl.json; do echo "$$f"; $(ASL_VALIDATOR) --json-path "$$f" || exit 1; done
 
 demo: setup
 	$(BIN)/readmit data
@@ -34,14 +56,14 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup lint
+test: setup tools lint
 	$(BIN)/pytest -q
 
 docs: setup
 	$(BIN)/readmit features --out docs/features.md
 
 clean:
-	rm -rf $(VENV) .readmit .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .readmit .pytest_cache .ruff_cache
 
 # SAM's makefile build (template.yaml: BuildMethod makefile): the API function gets app.py, chalicelib and the
 # serving dependencies only (no pandas, no scikit-learn), as Linux wheels. Chalice is needed only for its
@@ -61,3 +83,19 @@ lambda-size: setup
 	rm -rf build/lambda && mkdir -p build/lambda
 	$(MAKE) --no-print-directory build-ApiFunction ARTIFACTS_DIR=$(abspath build/lambda)
 	@du -sm build/lambda | awk '{print "API function package, unzipped: " $$1 " MB (limit 250 MB)"}'
+
+# The retraining steps that need no training stack: chalicelib + the step's handler as app.py.
+LIGHT_DEPS = aws-lambda-powertools[tracer] pydantic platformdirs
+define light_function
+	cp -r chalicelib "$(ARTIFACTS_DIR)/" && cp functions/$(1)/app.py "$(ARTIFACTS_DIR)/app.py"
+	python3 -m pip install --quiet --no-warn-conflicts --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
+		--implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: $(LIGHT_DEPS)
+endef
+build-StartTrainingFunction:
+	$(call light_function,start_training)
+build-CheckTrainingFunction:
+	$(call light_function,check_training)
+build-PromoteFunction:
+	$(call light_function,promote)
+build-RejectFunction:
+	$(call light_function,reject)

@@ -6,12 +6,13 @@ decision and every reason are stored in the registry history.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from .evaluation import evaluate
+from .promotion import Decision
 
 SUBGROUPS = ("race", "gender", "age_band")
 
@@ -33,19 +34,6 @@ class GateConfig:
     def from_dict(cls, data: dict[str, Any] | None) -> GateConfig:
         known = {k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__}
         return cls(**{k: type(getattr(cls, k))(v) for k, v in known.items()})
-
-
-@dataclass
-class Decision:
-    promote: bool
-    reasons: list[str]
-    challenger: dict[str, Any]
-    champion: dict[str, Any] | None
-    churn: float | None  # share of patients whose risk tier would change (reported, not gating)
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _summary(y: np.ndarray, p: np.ndarray, threshold: float, groups: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -10,13 +10,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .bundle import ModelBundle
-from .gate import Decision, GateConfig
+from .promotion import TRIGGERS, Decision, apply_decision
 from .registry import Registry
-from .retrain import TRIGGERS, apply_decision, evaluate_challenger, evaluation_set
 from .sagemaker_jobs import TrainingJobs, TrainingSettings, job_name
 from .storage import open_storage
-from .train import TrainConfig
+
+DEFAULT_SEED = 20260601  # = TrainConfig.seed (not imported: the light steps must not import the training stack)
 
 
 class RetrainInput(BaseModel):
@@ -26,7 +25,7 @@ class RetrainInput(BaseModel):
     data_uri: str = Field(pattern="^s3://")
     registry_uri: str
     eval_frac: float = Field(default=0.2, gt=0, lt=1)
-    seed: int = TrainConfig.seed
+    seed: int = DEFAULT_SEED
     execution_name: str = "manual"
     gate: dict[str, Any] = Field(default_factory=dict)
 
@@ -60,6 +59,10 @@ def _fetch(uri: str, dest: Path, s3_client: Any = None) -> Path:
 
 def evaluate(event: dict[str, Any], s3_client: Any = None) -> dict[str, Any]:
     """Register the trained challenger, gate it against the champion on the shared evaluation set."""
+    from .bundle import ModelBundle
+    from .gate import GateConfig
+    from .retrain import evaluate_challenger, evaluation_set
+
     run = RetrainInput.model_validate({k: v for k, v in event.items() if k in RetrainInput.model_fields})
     registry = Registry.open(run.registry_uri, s3_client=s3_client)
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import ModelBundle
-from .gate import Decision, GateConfig, decide
+from .gate import GateConfig, decide
+from .promotion import TRIGGERS, Decision, apply_decision
 from .registry import Registry
 from .tabular import read_table
 from .train import TrainConfig, holdout_split, prepare, train
-
-TRIGGERS = ("schedule", "drift", "manual")
 
 
 @dataclass
@@ -53,24 +52,6 @@ def evaluate_challenger(
         evalset.y, challenger.risk(evalset.X), challenger.threshold, evalset.groups,
         champion_risk, champion_threshold, cfg,
     )  # fmt: skip
-
-
-def apply_decision(registry: Registry, version: str, decision: Decision, *, trigger: str, champion: str | None) -> str:
-    """Promote or reject; the champion changes only on a promotion. Returns the champion afterwards."""
-    extra = {"trigger": trigger, "gate_reasons": decision.reasons, "challenger_metrics": _headline(decision.challenger)}
-    if decision.champion is not None:
-        extra["champion_metrics"] = _headline(decision.champion)
-        extra["churn"] = decision.churn
-    summary = "; ".join(r for r in decision.reasons if "not gating" not in r)
-    if decision.promote:
-        registry.promote(version, f"passed the gate ({trigger}): {summary}", extra)
-        return version
-    registry.reject(version, f"failed the gate ({trigger}): {summary}", extra)
-    return champion or ""
-
-
-def _headline(summary: dict[str, Any]) -> dict[str, Any]:
-    return {k: summary[k] for k in ("n", "roc_auc", "brier", "ece")}
 
 
 @dataclass

@@ -143,3 +143,19 @@ def test_every_function_folder_has_a_fixture() -> None:
     functions = {p.name for p in (ROOT / "functions").iterdir() if (p / "app.py").exists()}
     fixtures = {p.stem.removeprefix("retrain_") for p in EVENTS.glob("retrain_*.json")}
     assert functions <= fixtures, functions - fixtures
+
+
+def test_the_light_steps_do_not_import_the_training_stack() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, chalicelib.pipeline, chalicelib.promotion\n"
+        "heavy = [m for m in ('pandas', 'sklearn', 'xgboost', 'matplotlib') if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert done.stdout.strip() == ""
+    from chalicelib import pipeline, train
+
+    assert train.TrainConfig.seed == pipeline.DEFAULT_SEED
