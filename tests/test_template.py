@@ -125,3 +125,18 @@ def test_retraining_triggers_are_the_weekly_schedule_and_the_drift_alarm(templat
     assert pattern["detail-type"] == ["CloudWatch Alarm State Change"] and pattern["detail"]["state"]["value"] == [
         "ALARM"
     ]
+
+
+def test_sam_validate_lint_accepts_the_template() -> None:
+    import os
+
+    sam = Path(sys.executable).parent / "sam"
+    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1", "SAM_CLI_TELEMETRY": "0"}
+    done = subprocess.run(
+        [str(sam), "validate", "--lint", "--template", str(TEMPLATE)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "is a valid SAM Template" in done.stdout + done.stderr, done.stdout + done.stderr
