@@ -10,7 +10,8 @@ export READMIT_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export READMIT_HOME ?= $(abspath .readmit)
 export MPLBACKEND := Agg
 
-.PHONY: setup tools validate-asl demo test lint clean docs build-ApiFunction lambda-size
+.PHONY: setup tools validate-asl demo test lint clean docs build-ApiFunction lambda-size build-StartTrainingFunction \
+	build-CheckTrainingFunction build-PromoteFunction build-RejectFunction
 .DEFAULT_GOAL := demo
 
 $(STAMP): pyproject.toml

@@ -289,11 +289,11 @@ def stack() -> Iterator[Stack]:
         yield Stack(sfn, sqs, lambdas, queue_url, machine_arn, arns)
 
 
-def queue_lambda_results(*results: dict[str, Any]) -> None:
-    """Whatever function is invoked next returns the next of these (moto's lambda-simple backend)."""
-    response = requests.post(
-        LAMBDA_SIMPLE_URL, json={"results": [json.dumps(r) for r in results], "region": REGION}, timeout=10
-    )
+def queue_lambda_results(*results: dict[str, Any] | str) -> None:
+    """Whatever function is invoked next returns the next of these (moto's lambda-simple backend); a str is sent
+    as it is, anything else as JSON."""
+    replies = [r if isinstance(r, str) else json.dumps(r) for r in results]
+    response = requests.post(LAMBDA_SIMPLE_URL, json={"results": replies, "region": REGION}, timeout=10)
     assert response.status_code == 201
 
 
@@ -423,19 +423,21 @@ def test_failed_training_is_announced_fails_the_execution_and_never_promotes_or_
     assert message["MessageAttributes"]["execution"]["Value"] == run.arn
 
 
-def test_a_failing_task_is_caught_announced_and_fails_the_execution_before_any_decision(stack: Stack) -> None:
-    stack.lambdas.delete_function(FunctionName=stack.arns["EvaluateFunctionArn"])
-    queue_lambda_results(STARTED, COMPLETED)
+def test_a_failing_evaluation_is_caught_announced_and_fails_the_execution_before_any_decision(stack: Stack) -> None:
+    # moto's lambda-simple functions cannot raise, but a reply over Lambda's 6 MB limit is a function error there
+    # as it is in AWS (Function.ResponseSizeTooLarge), and it is not one of the transient errors that are retried.
+    queue_lambda_results(STARTED, COMPLETED, {"scores": "0" * 6_000_000})
 
     run = execute(stack, "run-4")
 
     assert (run.status, run.error) == ("FAILED", "RetrainingFailed")
     assert run.entered[-3:] == ["Evaluate", "NotifyFailure", "Failed"]
-    assert not {"Promote", "Reject"} & set(run.entered)
+    assert not {"Decide", "Promote", "Reject", "NotifyResult"} & set(run.entered)
     [message] = run.messages
     assert message["Subject"] == "readmit retraining failed"
     error = json.loads(message["Message"])
-    assert error["Error"] and "Cause" in error
+    assert error["Error"] == "Function.ResponseSizeTooLarge"
+    assert "payload size" in json.loads(error["Cause"])["errorMessage"]
 
 
 def test_poll_seconds_defaults_to_a_minute_and_the_execution_name_names_the_job(stack: Stack) -> None:
@@ -458,4 +460,8 @@ def test_poll_seconds_defaults_to_a_minute_and_the_execution_name_names_the_job(
         assert {k: state[k] for k in run_input} == run_input
     finally:
         stack.sfn.stop_execution(executionArn=arn)
-    assert stack.sfn.describe_execution(executionArn=arn)["status"] == "ABORTED"
+    deadline = time.monotonic() + 10  # moto stops the execution's thread asynchronously
+    while (status := stack.sfn.describe_execution(executionArn=arn)["status"]) == "RUNNING":
+        assert time.monotonic() < deadline, "the execution was not stopped"
+        time.sleep(0.05)
+    assert status == "ABORTED"
