@@ -36,3 +36,35 @@ def test_a_bad_trigger_is_refused(sample_csv: Path, tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="trigger"):
         retrain(sample_csv, Registry.open(tmp_path / "r"), trigger="cron")
+
+
+def test_retrain_remote_starts_the_state_machine_with_a_valid_input(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import boto3
+    from moto import mock_aws
+
+    from chalicelib.cli import main
+    from chalicelib.pipeline import RetrainInput
+
+    with mock_aws():
+        role = "arn:aws:iam::123456789012:role/readmit-sfn"
+        definition = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}})
+        sfn = boto3.client("stepfunctions")
+        arn = sfn.create_state_machine(name="readmit-retrain-dev", definition=definition, roleArn=role)[
+            "stateMachineArn"
+        ]
+        args = ["retrain", "--remote", "--state-machine", arn, "--data", "s3://data/training/diabetic_data.csv",
+                "--registry", "s3://models/registry", "--trigger", "manual"]  # fmt: skip
+        assert main(args) == 0
+        [execution] = sfn.list_executions(stateMachineArn=arn)["executions"]
+        payload = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
+    run = RetrainInput.model_validate(payload)
+    assert run.trigger == "manual" and run.registry_uri == "s3://models/registry"
+
+
+def test_retrain_remote_without_a_state_machine_says_what_is_missing(capsys) -> None:  # type: ignore[no-untyped-def]
+    from chalicelib.cli import main
+
+    assert main(["retrain", "--remote", "--data", "s3://d/x.csv"]) == 2
+    assert "--state-machine" in capsys.readouterr().err
