@@ -189,6 +189,44 @@ def _start_remote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import drift, drift_report
+    from .batch import score_table
+    from .bundle import ModelBundle
+    from .loader import bundle_path
+    from .tabular import read_table
+
+    folder = bundle_path(args.reference or settings.registry_uri())
+    model = ModelBundle.load(folder)
+    profile, sample = drift.load_reference(folder)
+    current = Path(args.current)
+    if current.is_dir():  # a prediction log: the features and risks the API actually saw
+        from .audit import LocalPredictionLog
+
+        records = list(LocalPredictionLog(current).read())
+        X = np.array([[np.nan if v is None else v for v in r.features] for r in records], dtype=np.float32)
+        risk = np.array([r.risk for r in records])
+    else:
+        scored = score_table(model, read_table(current, require_target=False))
+        X, risk = scored.X[~scored.excluded], scored.risk[~scored.excluded]
+    report = drift.compare(profile, sample, X, risk, drift.DriftThresholds())
+    print(drift_report.table(report))
+    out = drift_report.write(report, profile, X, risk, Path(args.out))
+    _err(f"report: {out} (+ .html, drift.png)")
+    return 1 if report.drifted else 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .dataset import locate
+    from .simulate import shift_file
+
+    n = shift_file(locate(args.data), Path(args.out), args.shift, rows=args.rows, seed=args.seed)
+    _err(f"wrote {n:,} rows shifted by {args.shift!r} to {args.out}")
+    return 0
+
+
 def project_dir() -> Path:
     """The folder holding app.py and .chalice/ (this package's parent)."""
     return Path(__file__).resolve().parent.parent
@@ -267,6 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--remote", action="store_true", help="start the AWS state machine instead of running here")
     s.add_argument("--state-machine", help="ARN of the retraining state machine (with --remote)")
     s.set_defaults(func=cmd_retrain)
+
+    s = sub.add_parser("drift", help="compare a file or a prediction log with a model's training reference")
+    s.add_argument("--reference", help="bundle folder or registry (default: local champion)")
+    s.add_argument("--current", required=True, help="UCI-format file, or a prediction-log folder")
+    s.add_argument("--out", default="drift-report", help="folder for the Markdown/HTML report and plots")
+    s.set_defaults(func=cmd_drift)
+
+    s = sub.add_parser("simulate-drift", help="write a shifted sample of the data (to exercise monitoring)")
+    s.add_argument("--data")
+    s.add_argument("--out", required=True)
+    s.add_argument("--shift", choices=("none", "older", "utilisation"), default="older")
+    s.add_argument("--rows", type=int, default=5000)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("serve", help="run the API locally (Chalice's local server)")
     s.add_argument("--host", default="127.0.0.1")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from . import calibration, evaluation, model_card
+from . import calibration, drift, evaluation, model_card
 from .bundle import dmatrix, write_bundle
 from .dataset import content_sha256
 from .features import FEATURE_NAMES, FEATURES, encode, history_in_file
@@ -304,6 +304,7 @@ def train(
         files["metrics.json"] = json.dumps(metrics, indent=1).encode()
         report = {"invalid_rows": [{"line": e.line, "reason": e.reason} for e in table.errors]}
         files["data_report.json"] = json.dumps(report, indent=1).encode()
+        files.update(drift.build_profile(X, cv_risk, high, cfg.seed))  # the reference drift is measured against
         return files
 
     timings["before_write_s"] = round(time.perf_counter() - t0, 2)
