@@ -11,7 +11,7 @@ export READMIT_HOME ?= $(abspath .readmit)
 export MPLBACKEND := Agg
 
 .PHONY: setup tools validate-asl demo test lint clean docs build-ApiFunction lambda-size build-StartTrainingFunction \
-	build-CheckTrainingFunction build-PromoteFunction build-RejectFunction
+	build-CheckTrainingFunction build-PromoteFunction build-RejectFunction build-DriftMonitorFunction
 .DEFAULT_GOAL := demo
 
 $(STAMP): pyproject.toml
@@ -100,3 +100,9 @@ build-PromoteFunction:
 	$(call light_function,promote)
 build-RejectFunction:
 	$(call light_function,reject)
+
+# The drift monitor needs numpy and scipy (the serving dependencies), not the training stack.
+build-DriftMonitorFunction:
+	cp -r chalicelib "$(ARTIFACTS_DIR)/" && cp functions/drift_monitor/app.py "$(ARTIFACTS_DIR)/app.py"
+	python3 -m pip install --quiet --no-warn-conflicts --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
+		--implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: $(SERVING_DEPS)

@@ -1,0 +1,70 @@
+"""The scheduled drift monitor: read a window of the prediction log, compare it with the champion's training
+reference, and publish the figures as CloudWatch metrics (EMF) that the drift alarm watches.
+
+The alarm (`readmit-drift-<stage>`, on ``DriftDetected``) entering ALARM starts retraining through EventBridge.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import drift
+from .audit import PredictionLog
+from .features import FEATURE_NAMES
+from .registry import Registry
+
+METRICS = ("MaxFeaturePSI", "RiskPSI", "HighRiskRate", "DriftDetected", "MonitoredPredictions")
+
+
+def window_arrays(log: PredictionLog, since: datetime, until: datetime) -> tuple[np.ndarray, np.ndarray, set[str]]:
+    """Features, risks and model versions of the predictions made in [since, until)."""
+    records = list(log.read(since, until))
+    if not records:
+        return np.empty((0, len(FEATURE_NAMES)), dtype=np.float32), np.empty(0), set()
+    X = np.array([[np.nan if v is None else v for v in r.features] for r in records], dtype=np.float32)
+    risk = np.array([r.risk for r in records], dtype=np.float64)
+    return X, risk, {r.model_version for r in records}
+
+
+def run(
+    registry: Registry,
+    log: PredictionLog,
+    *,
+    now: datetime | None = None,
+    window: timedelta = timedelta(days=1),
+    thresholds: drift.DriftThresholds | None = None,
+) -> dict[str, Any]:
+    """Drift of the last ``window`` of predictions against the champion's reference."""
+    until = now or datetime.now(UTC)
+    since = until - window
+    version = registry.champion()
+    if version is None:
+        return {"status": "no champion", "window": [since.isoformat(), until.isoformat()]}
+    with tempfile.TemporaryDirectory() as tmp:
+        profile, sample = drift.load_reference(registry.download(version, Path(tmp)))
+    X, risk, versions = window_arrays(log, since, until)
+    report = drift.compare(profile, sample, X, risk, thresholds)
+    too_few = report.n < report.thresholds["min_rows"]
+    return {
+        "status": "too few predictions" if too_few else ("drift" if report.drifted else "ok"),
+        "model_version": version,
+        "served_versions": sorted(versions),
+        "window": [since.isoformat(), until.isoformat()],
+        "metrics": {
+            "MaxFeaturePSI": report.max_feature_psi,
+            "RiskPSI": report.risk_psi,
+            "HighRiskRate": report.high_risk_rate,
+            "DriftDetected": float(report.drifted and not too_few),
+            "MonitoredPredictions": float(report.n),
+        },
+        "alerts": report.alerts,
+        "top_features": [
+            {"feature": f.feature, "psi": f.psi, "test": f.test, "p_value": f.p_value}
+            for f in sorted(report.features, key=lambda f: -f.psi)[:10]
+        ],
+    }

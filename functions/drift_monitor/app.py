@@ -1,0 +1,35 @@
+"""Scheduled drift monitor: a thin handler over chalicelib.monitor, publishing EMF metrics."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from chalicelib import monitor
+from chalicelib.audit import open_prediction_log
+from chalicelib.registry import Registry
+
+logger = Logger(service="readmit-monitor")
+metrics = Metrics(namespace="Readmit", service="readmit")
+
+
+@logger.inject_lambda_context(log_event=False)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    result = monitor.run(
+        Registry.open(os.environ["READMIT_REGISTRY"]),
+        open_prediction_log(os.environ["READMIT_PREDICTION_LOG"]),
+        window=timedelta(hours=float(os.environ.get("READMIT_DRIFT_WINDOW_HOURS", "24"))),
+    )
+    for name, value in result.get("metrics", {}).items():
+        unit = MetricUnit.Count if name in ("DriftDetected", "MonitoredPredictions") else MetricUnit.NoUnit
+        metrics.add_metric(name=name, unit=unit, value=value)
+    if result.get("model_version"):
+        metrics.add_metadata(key="model_version", value=result["model_version"])
+    logger.info("drift check", extra={"status": result["status"], "alerts": result.get("alerts", [])})
+    return result

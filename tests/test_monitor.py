@@ -1,0 +1,101 @@
+"""The drift monitor Lambda, replayed from events/ against moto S3: a prediction log of shifted encounters
+raises DriftDetected in EMF; an unshifted one does not."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from chalicelib.audit import AuditRecord, S3PredictionLog
+from chalicelib.batch import score_table
+from chalicelib.bundle import ModelBundle
+from chalicelib.registry import Registry
+from chalicelib.simulate import shift_file
+from chalicelib.tabular import read_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Context:
+    function_name = "readmit-drift-monitor"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit-drift-monitor"
+    aws_request_id = "fixture"
+
+
+def handler() -> Any:
+    spec = importlib.util.spec_from_file_location("fn_drift_monitor", ROOT / "functions" / "drift_monitor" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.handler
+
+
+def audit_records(model: ModelBundle, csv: Path, at: datetime) -> list[AuditRecord]:
+    scored = score_table(model, read_table(csv, require_target=False))
+    keep = ~scored.excluded
+    return [
+        AuditRecord(request_id=f"r{i}", at=at.isoformat(), model_version=model.version, risk=float(r),
+                    risk_tier=str(t), encounter_hash=None, features=[float(v) for v in x], source="batch")
+        for i, (r, t, x) in enumerate(zip(scored.risk[keep], scored.tiers[keep], scored.X[keep], strict=True))
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, small_bundle: Path) -> Iterator[Registry]:
+    monkeypatch.setenv("READMIT_REGISTRY", "s3://models/registry")
+    monkeypatch.setenv("READMIT_PREDICTION_LOG", "s3://predictions/log")
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="models")
+        s3.create_bucket(Bucket="predictions")
+        registry = Registry.open("s3://models/registry")
+        registry.register(small_bundle)
+        registry.promote(small_bundle.name, "test champion")
+        yield registry
+
+
+def emf(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    assert lines, "no EMF line was printed"
+    # EMF may carry a metric as a list of values; one value per metric here
+    return {k: v[0] if isinstance(v, list) and len(v) == 1 else v for k, v in lines[-1].items()}
+
+
+@pytest.mark.parametrize(("shift", "drifted"), [("none", 0.0), ("utilisation", 1.0)])
+def test_the_monitor_publishes_drift_metrics_for_the_last_day(
+    aws: Registry, small_bundle: Path, data_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    shift: str, drifted: float,
+) -> None:  # fmt: skip
+    csv = tmp_path / f"{shift}.csv"
+    shift_file(data_path, csv, shift, rows=2500, seed=4)
+    now = datetime.now(UTC)
+    log = S3PredictionLog("predictions", "log")
+    log.append(audit_records(ModelBundle.load(small_bundle), csv, now - timedelta(hours=2)))
+    log.append(audit_records(ModelBundle.load(small_bundle), csv, now - timedelta(days=3))[:50])  # outside the window
+
+    event = json.loads((ROOT / "events" / "drift_monitor_daily.json").read_text())
+    result = handler()(event, Context())
+    metrics = emf(capsys)
+
+    assert result["status"] == ("drift" if drifted else "ok"), result["alerts"]
+    assert metrics["DriftDetected"] == drifted and metrics["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Readmit"
+    assert metrics["MonitoredPredictions"] == result["metrics"]["MonitoredPredictions"] > 2000
+    assert metrics["model_version"] == small_bundle.name
+    if drifted:
+        assert result["top_features"][0]["feature"] in ("number_inpatient", "any_inpatient", "total_visits")
+        assert metrics["RiskPSI"] > 0.2
+
+
+def test_without_predictions_the_monitor_says_so_and_does_not_alarm(
+    aws: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = handler()(json.loads((ROOT / "events" / "drift_monitor_daily.json").read_text()), Context())
+    assert result["status"] == "too few predictions" and emf(capsys)["DriftDetected"] == 0.0
