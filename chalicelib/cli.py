@@ -227,6 +227,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outcomes(args: argparse.Namespace) -> int:
+    from .outcomes import OutcomeStore, read_outcome_file
+
+    outcomes, bad = read_outcome_file(Path(args.file))
+    n = OutcomeStore(settings.home() / "outcomes.jsonl").add(outcomes)
+    print(json.dumps({"recorded": n, "rejected": len(bad), "problems": bad[:20]}, indent=2))
+    return 1 if bad and not n else 0
+
+
+def cmd_performance(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from .audit import open_prediction_log
+    from .outcomes import OutcomeStore, realized
+
+    now = datetime.now(UTC)
+    labels = OutcomeStore(settings.home() / "outcomes.jsonl").labels()
+    report = realized(open_prediction_log(args.log), labels, now - timedelta(days=args.days), now, now)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def project_dir() -> Path:
     """The folder holding app.py and .chalice/ (this package's parent)."""
     return Path(__file__).resolve().parent.parent
@@ -319,6 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rows", type=int, default=5000)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("outcomes", help="record observed outcomes (CSV/JSONL: encounter_id, readmitted)")
+    s.add_argument("--file", required=True)
+    s.set_defaults(func=cmd_outcomes)
+
+    s = sub.add_parser("performance", help="realized performance of matured predictions (estimate before that)")
+    s.add_argument("--days", type=int, default=90, help="window of predictions to look at")
+    s.add_argument("--log", help="prediction log (default: $READMIT_PREDICTION_LOG or the local log)")
+    s.set_defaults(func=cmd_performance)
 
     s = sub.add_parser("serve", help="run the API locally (Chalice's local server)")
     s.add_argument("--host", default="127.0.0.1")
