@@ -227,6 +227,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """What the scheduled monitor does on AWS, here: drift of the recent prediction log vs. the champion; with
+    --retrain, drift starts a retraining run (trigger "drift"), as the alarm's EventBridge rule does on AWS."""
+    from datetime import timedelta
+
+    from . import monitor
+    from .audit import open_prediction_log
+    from .registry import Registry
+
+    registry = Registry.open(settings.registry_uri(args.registry))
+    result = monitor.run(registry, open_prediction_log(args.log), window=timedelta(hours=args.hours))
+    print(json.dumps(result, indent=2))
+    if result["status"] == "drift" and args.retrain:
+        from .dataset import locate
+        from .retrain import retrain
+
+        _err("drift detected: starting a retraining run (trigger drift)")
+        run = retrain(locate(args.data), registry, trigger="drift", progress=_err)
+        print(json.dumps({"retrain": "promoted" if run.decision.promote else "rejected", "challenger": run.version,
+                          "champion": run.champion, "reasons": run.decision.reasons}, indent=2))  # fmt: skip
+    return 1 if result["status"] == "drift" else 0
+
+
 def cmd_outcomes(args: argparse.Namespace) -> int:
     from .outcomes import OutcomeStore, read_outcome_file
 
@@ -341,6 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rows", type=int, default=5000)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("monitor", help="drift of the recent prediction log vs. the champion (exit 1 on drift)")
+    s.add_argument("--log", help="prediction log (default: $READMIT_PREDICTION_LOG or the local log)")
+    s.add_argument("--registry")
+    s.add_argument("--hours", type=float, default=24.0)
+    s.add_argument("--retrain", action="store_true", help="on drift, run a retraining (trigger drift)")
+    s.add_argument("--data", help="training data for --retrain")
+    s.set_defaults(func=cmd_monitor)
 
     s = sub.add_parser("outcomes", help="record observed outcomes (CSV/JSONL: encounter_id, readmitted)")
     s.add_argument("--file", required=True)

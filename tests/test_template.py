@@ -140,3 +140,16 @@ def test_sam_validate_lint_accepts_the_template() -> None:
         timeout=300,
     )
     assert done.returncode == 0 and "is a valid SAM Template" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_the_dashboard_body_is_valid_json_covering_api_predictions_drift_and_retraining(
+    template: dict[str, Any],
+) -> None:
+    import json
+    import re
+
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Sub"]
+    dashboard = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))
+    metrics = {m[1] for w in dashboard["widgets"] for m in w["properties"]["metrics"] if m[0] != "..."}
+    assert {"LatencyMs", "Predictions", "HighRiskPredictions", "MaxFeaturePSI", "RiskPSI", "ModelsPromoted"} <= metrics
+    assert {"5XXError", "ExecutionsFailed"} <= metrics
