@@ -28,6 +28,8 @@ class DriftThresholds:
     max_feature_psi: float = 0.25
     max_risk_psi: float = 0.20
     max_high_risk_rate_change: float = 0.10  # absolute change of the high-tier share vs. training
+    original_probability: float = 0.6  # the original system's rule: alarm when more than 20% of predictions
+    original_share: float = 0.20  # have probability > 0.6 (kept as one input, on calibrated risk)
     p_value: float = 0.001  # KS / chi-square significance (reported; PSI decides)
     min_rows: int = 200
 
@@ -111,6 +113,7 @@ class DriftReport:
     reference_high_risk_rate: float
     mean_risk: float
     reference_mean_risk: float
+    over_original_probability: float = 0.0  # share of predictions with calibrated risk > 0.6
     alerts: list[str] = field(default_factory=list)
     thresholds: dict[str, Any] = field(default_factory=dict)
 
@@ -164,7 +167,8 @@ def compare(
     high = float(np.mean(risk >= profile["high_threshold"])) if len(risk) else 0.0
     report = DriftReport(
         len(X), rows, risk_psi, high, profile["high_risk_rate"], float(np.mean(risk)) if len(risk) else 0.0,
-        profile["mean_risk"], thresholds=asdict(cfg),
+        profile["mean_risk"], float(np.mean(risk > cfg.original_probability)) if len(risk) else 0.0,
+        thresholds=asdict(cfg),
     )  # fmt: skip
     if len(X) < cfg.min_rows:
         report.alerts.append(f"only {len(X)} rows: too few to judge drift (min {cfg.min_rows})")
@@ -179,6 +183,11 @@ def compare(
         report.alerts.append(
             f"high-risk rate {high:.1%} vs {profile['high_risk_rate']:.1%} at training "
             f"(allowed change {cfg.max_high_risk_rate_change:.0%})"
+        )
+    if report.over_original_probability > cfg.original_share:
+        report.alerts.append(
+            f"{report.over_original_probability:.1%} of predictions have risk > {cfg.original_probability} "
+            f"(original rule: more than {cfg.original_share:.0%})"
         )
     return report
 

@@ -18,7 +18,16 @@ from .audit import PredictionLog
 from .features import FEATURE_NAMES
 from .registry import Registry
 
-METRICS = ("MaxFeaturePSI", "RiskPSI", "HighRiskRate", "DriftDetected", "MonitoredPredictions")
+METRICS = (
+    "MaxFeaturePSI",
+    "RiskPSI",
+    "HighRiskRate",
+    "DriftDetected",
+    "MonitoredPredictions",
+    "RealizedAUC",
+    "LabelCoverage",
+)
+PERFORMANCE_WINDOW = timedelta(days=120)  # predictions 30-120 days old have matured labels
 
 
 def window_arrays(log: PredictionLog, since: datetime, until: datetime) -> tuple[np.ndarray, np.ndarray, set[str]]:
@@ -31,10 +40,21 @@ def window_arrays(log: PredictionLog, since: datetime, until: datetime) -> tuple
     return X, risk, {r.model_version for r in records}
 
 
+def performance(log: PredictionLog, outcomes_uri: str, now: datetime, s3_client: Any = None) -> dict[str, Any]:
+    """Realized performance of matured predictions, joined to the outcome uploads by hashed encounter id."""
+    from .outcomes import load_outcome_uploads, realized
+
+    labels, problems = load_outcome_uploads(outcomes_uri, s3_client)
+    report = realized(log, labels, now - PERFORMANCE_WINDOW, now, now)
+    report["outcome_problems"] = problems[:20]
+    return report
+
+
 def run(
     registry: Registry,
     log: PredictionLog,
     *,
+    outcomes_uri: str | None = None,
     now: datetime | None = None,
     window: timedelta = timedelta(days=1),
     thresholds: drift.DriftThresholds | None = None,
@@ -50,7 +70,7 @@ def run(
     X, risk, versions = window_arrays(log, since, until)
     report = drift.compare(profile, sample, X, risk, thresholds)
     too_few = report.n < report.thresholds["min_rows"]
-    return {
+    result = {
         "status": "too few predictions" if too_few else ("drift" if report.drifted else "ok"),
         "model_version": version,
         "served_versions": sorted(versions),
@@ -68,3 +88,12 @@ def run(
             for f in sorted(report.features, key=lambda f: -f.psi)[:10]
         ],
     }
+    if outcomes_uri:
+        perf = performance(log, outcomes_uri, until)
+        result["performance"] = perf
+        realized_block = perf.get("realized") or {}
+        if realized_block.get("roc_auc") is not None:
+            result["metrics"]["RealizedAUC"] = realized_block["roc_auc"]
+        if perf.get("label_coverage") is not None:
+            result["metrics"]["LabelCoverage"] = perf["label_coverage"]
+    return result

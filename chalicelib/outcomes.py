@@ -77,6 +77,30 @@ class OutcomeStore:
         return out
 
 
+def load_outcome_uploads(uri: str, s3_client: Any = None) -> tuple[dict[str, bool], list[str]]:
+    """Labels from every outcome upload (``*.csv`` / ``*.jsonl``) under a folder or ``s3://`` prefix. Ids are
+    hashed in memory as they are read; later files win for the same encounter."""
+    import io
+
+    from .storage import open_storage
+
+    storage = open_storage(uri, s3_client)
+    labels: dict[str, bool] = {}
+    problems: list[str] = []
+    for key in storage.list(""):
+        if not key.endswith((".csv", ".jsonl")):
+            continue
+        text = storage.read_bytes(key).decode("utf-8")
+        if key.endswith(".jsonl"):
+            rows: Iterable[dict[str, Any]] = (json.loads(line) for line in text.splitlines() if line.strip())
+        else:
+            rows = csv.DictReader(io.StringIO(text))
+        good, bad = parse_outcomes(rows)
+        labels.update({o.encounter_hash: o.readmitted_30d for o in good})
+        problems.extend(f"{key}: {b}" for b in bad)
+    return labels, problems
+
+
 def _iter_window(log: PredictionLog, since: datetime, until: datetime) -> Iterator[Any]:
     return log.read(since, until)
 

@@ -111,3 +111,15 @@ def test_cli_drift_exits_1_on_a_shifted_file_and_0_on_a_plain_one(
     report = (tmp_path / "r1" / "drift_report.md").read_text()
     assert "**DRIFT**" in report and (tmp_path / "r1" / "drift.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "r1" / "drift_report.html").exists()
+
+
+def test_the_original_rule_fires_when_over_a_fifth_of_risks_exceed_point_six(
+    reference: tuple[dict, np.ndarray],
+) -> None:
+    X, risk = synthetic(5_000, seed=8)
+    risk = risk.copy()
+    risk[:1500] = 0.7  # 30% of predictions above 0.6
+    report = drift.compare(*reference, X, risk)
+    assert report.over_original_probability == pytest.approx(0.3)
+    assert any("original rule" in a for a in report.alerts)
+    assert not any("original rule" in a for a in drift.compare(*reference, *synthetic(5_000, seed=9)).alerts)

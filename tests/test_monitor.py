@@ -99,3 +99,36 @@ def test_without_predictions_the_monitor_says_so_and_does_not_alarm(
 ) -> None:
     result = handler()(json.loads((ROOT / "events" / "drift_monitor_daily.json").read_text()), Context())
     assert result["status"] == "too few predictions" and emf(capsys)["DriftDetected"] == 0.0
+
+
+def test_matured_predictions_joined_to_uploaded_outcomes_publish_realized_auc(
+    aws: Registry, small_bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from chalicelib.identifiers import hash_id
+
+    monkeypatch.setenv("READMIT_ID_SALT", "monitor-test")
+    monkeypatch.setenv("READMIT_OUTCOMES_URI", "s3://predictions/outcomes")
+    rng = np.random.default_rng(0)
+    risks = rng.beta(2, 14, 600)
+    at = (datetime.now(UTC) - timedelta(days=45)).isoformat()
+    S3PredictionLog("predictions", "log").append(
+        [
+            AuditRecord(request_id=f"m{i}", at=at, model_version=small_bundle.name, risk=float(r),
+                        risk_tier="high" if r > 0.2 else "low", encounter_hash=hash_id(70_000 + i, kind="encounter"),
+                        features=[0.0] * 97, source="api")
+            for i, r in enumerate(risks)
+        ]
+    )  # fmt: skip
+    outcomes = "encounter_id,readmitted\n" + "".join(
+        f"{70_000 + i},{'<30' if rng.random() < r else 'NO'}\n" for i, r in enumerate(risks[:450])
+    )
+    boto3.client("s3").put_object(Bucket="predictions", Key="outcomes/2026-11.csv", Body=outcomes.encode())
+
+    result = handler()(json.loads((ROOT / "events" / "drift_monitor_daily.json").read_text()), Context())
+    metrics = emf(capsys)
+
+    assert result["performance"]["label_coverage"] == pytest.approx(0.75)
+    assert 0.5 < metrics["RealizedAUC"] <= 1 and metrics["LabelCoverage"] == pytest.approx(75.0)
+    assert "outcomes" not in json.dumps(result["performance"]["outcome_problems"])  # no bad rows

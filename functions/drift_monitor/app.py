@@ -25,9 +25,12 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         Registry.open(os.environ["READMIT_REGISTRY"]),
         open_prediction_log(os.environ["READMIT_PREDICTION_LOG"]),
         window=timedelta(hours=float(os.environ.get("READMIT_DRIFT_WINDOW_HOURS", "24"))),
+        outcomes_uri=os.environ.get("READMIT_OUTCOMES_URI") or None,
     )
     for name, value in result.get("metrics", {}).items():
         unit = MetricUnit.Count if name in ("DriftDetected", "MonitoredPredictions") else MetricUnit.NoUnit
+        unit = MetricUnit.Percent if name == "LabelCoverage" else unit
+        value = value * 100 if name == "LabelCoverage" else value
         metrics.add_metric(name=name, unit=unit, value=value)
     if result.get("model_version"):
         metrics.add_metadata(key="model_version", value=result["model_version"])
