@@ -49,25 +49,11 @@ def same(a: AuditRecord, b: AuditRecord) -> bool:
     return fa == fb and [repr(x) for x in a.features] == [repr(x) for x in b.features]
 
 
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SECURITY_TOKEN": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
 @pytest.fixture(params=["local", "s3"])
 def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PredictionLog]:
     if request.param == "local":
         yield LocalPredictionLog(tmp_path / "predictions")
         return
-    request.getfixturevalue("aws_env")
     with mock_aws():
         client = boto3.client("s3")
         client.create_bucket(Bucket="audit")
@@ -161,7 +147,7 @@ def test_records_are_partitioned_by_their_utc_day(tmp_path: Path) -> None:
     assert len(part.read_text().splitlines()) == 1
 
 
-def test_s3_writes_one_object_per_append_named_after_the_first_request(aws_env: None) -> None:
+def test_s3_writes_one_object_per_append_named_after_the_first_request() -> None:
     with mock_aws():
         client = boto3.client("s3")
         client.create_bucket(Bucket="audit")
@@ -260,7 +246,7 @@ def test_open_prediction_log_rejects_bad_uris() -> None:
         open_prediction_log("gs://bucket/predictions")
 
 
-def test_s3_log_without_prefix_reads_what_it_wrote(aws_env: None) -> None:
+def test_s3_log_without_prefix_reads_what_it_wrote() -> None:
     with mock_aws():
         client = boto3.client("s3")
         client.create_bucket(Bucket="audit")

@@ -40,19 +40,6 @@ def encounter(admission: int = 1, los: int = 3, inpatient: int = 0, discharge: i
     }
 
 
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SECURITY_TOKEN": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
 @pytest.fixture(params=["sqlite", "dynamodb"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistoryStore]:
     if request.param == "sqlite":
@@ -60,7 +47,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistorySto
         yield sqlite
         sqlite.close()
         return
-    request.getfixturevalue("aws_env")
     with mock_aws():
         dynamo = DynamoDBHistoryStore("history", boto3.client("dynamodb"))
         dynamo.create_table()
@@ -249,7 +235,7 @@ def test_dynamodb_store_builds_no_client_until_used() -> None:
     assert store._client is None
 
 
-def test_dynamodb_history_pages_through_large_histories(aws_env: None) -> None:
+def test_dynamodb_history_pages_through_large_histories() -> None:
     with mock_aws():
         client = boto3.client("dynamodb")
         store = DynamoDBHistoryStore("history", client)

@@ -22,25 +22,11 @@ from chalicelib.storage import LocalStorage, S3Storage, Storage, StorageKeyNotFo
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 
 
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SECURITY_TOKEN": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
 @pytest.fixture(params=["local", "s3"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     if request.param == "local":
         yield LocalStorage(tmp_path / "registry")
         return
-    request.getfixturevalue("aws_env")
     with mock_aws():
         client = boto3.client("s3")
         client.create_bucket(Bucket="models")
@@ -328,7 +314,7 @@ def test_listing_is_recursive_sorted_and_prefix_scoped(storage: Storage) -> None
     assert storage.list("missing/") == []
 
 
-def test_an_s3_prefix_does_not_see_sibling_prefixes(aws_env: None) -> None:
+def test_an_s3_prefix_does_not_see_sibling_prefixes() -> None:
     with mock_aws():
         client = boto3.client("s3")
         client.create_bucket(Bucket="models")
