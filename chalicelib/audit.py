@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import settings
+from .storage import S3Storage
 
 ENV_PREDICTION_LOG = "READMIT_PREDICTION_LOG"  # s3://bucket/prefix or a folder
 DEFAULT_FOLDER = "predictions"
@@ -182,22 +183,16 @@ class S3PredictionLog:
     """One object per append (per UTC day it spans) at ``prefix/dt=YYYY-MM-DD/<request_id>-<uuid8>.jsonl``."""
 
     def __init__(self, bucket: str, prefix: str = DEFAULT_FOLDER, client: Any = None) -> None:
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self._client = client
+        self._s3 = S3Storage(bucket, prefix, client)  # the lazily built client and the URI live in one place
+        self.bucket, self.prefix = self._s3.bucket, self._s3.prefix
 
     @property
     def client(self) -> Any:
-        # Created lazily so constructing a log needs no credentials or network.
-        if self._client is None:
-            import boto3  # lazily: ~0.4 s of cold start that local runs do not need
-
-            self._client = boto3.client("s3")
-        return self._client
+        return self._s3.client
 
     @property
     def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        return self._s3.uri
 
     def _root(self) -> str:
         return f"{self.prefix}/" if self.prefix else ""

@@ -47,7 +47,7 @@ def _numeric_edges(values: np.ndarray, bins: int = 10) -> list[float]:
     return [float(e) for e in edges]
 
 
-def _bin_fractions(values: np.ndarray, edges: list[float]) -> np.ndarray:
+def bin_fractions(values: np.ndarray, edges: list[float]) -> np.ndarray:
     """Fractions per bin; the last slot holds missing values."""
     finite = np.isfinite(values)
     counts = np.bincount(np.searchsorted(edges, values[finite], side="right"), minlength=len(edges) + 1)
@@ -55,7 +55,7 @@ def _bin_fractions(values: np.ndarray, edges: list[float]) -> np.ndarray:
     return out / max(len(values), 1)
 
 
-def _category_fractions(values: np.ndarray, categories: list[float]) -> np.ndarray:
+def category_fractions(values: np.ndarray, categories: list[float]) -> np.ndarray:
     """Fractions per known category; the last slot holds unseen values and missing."""
     index = {c: i for i, c in enumerate(categories)}
     counts = np.zeros(len(categories) + 1)
@@ -73,15 +73,15 @@ def build_profile(X: np.ndarray, risk: np.ndarray, high_threshold: float, rng_se
         if len(distinct) <= MAX_CATEGORIES:
             cats = [float(v) for v in distinct]
             features[name] = {"kind": "categorical", "categories": cats,
-                              "fractions": _category_fractions(col, cats).tolist()}  # fmt: skip
+                              "fractions": category_fractions(col, cats).tolist()}  # fmt: skip
         else:
             edges = _numeric_edges(col)
-            features[name] = {"kind": "numeric", "edges": edges, "fractions": _bin_fractions(col, edges).tolist()}
+            features[name] = {"kind": "numeric", "edges": edges, "fractions": bin_fractions(col, edges).tolist()}
     risk_edges = _numeric_edges(risk)
     profile = {
         "n": len(X),
         "features": features,
-        "risk": {"edges": risk_edges, "fractions": _bin_fractions(risk, risk_edges).tolist()},
+        "risk": {"edges": risk_edges, "fractions": bin_fractions(risk, risk_edges).tolist()},
         "high_threshold": float(high_threshold),
         "high_risk_rate": float(np.mean(risk >= high_threshold)),
         "mean_risk": float(np.mean(risk)),
@@ -141,7 +141,7 @@ def compare(
         ref = profile["features"][name]
         col = X[:, j].astype(np.float64)
         if ref["kind"] == "numeric":
-            actual = _bin_fractions(col, ref["edges"])
+            actual = bin_fractions(col, ref["edges"])
             current, reference = col[np.isfinite(col)], sample[:, j][np.isfinite(sample[:, j])]
             if len(current) and len(reference):
                 result = stats.ks_2samp(current, reference)
@@ -150,7 +150,7 @@ def compare(
                 statistic, p = 0.0, 1.0
             test = "ks"
         else:
-            actual = _category_fractions(col, ref["categories"])
+            actual = category_fractions(col, ref["categories"])
             expected = np.array(ref["fractions"])
             observed = actual * len(col)
             keep = (expected > 0) | (observed > 0)
@@ -163,7 +163,7 @@ def compare(
             test = "chi2"
         psi = _psi(np.array(ref["fractions"]), actual)
         rows.append(FeatureDrift(name, ref["kind"], psi, test, statistic, p, psi > cfg.max_feature_psi))
-    risk_psi = _psi(np.array(profile["risk"]["fractions"]), _bin_fractions(risk, profile["risk"]["edges"]))
+    risk_psi = _psi(np.array(profile["risk"]["fractions"]), bin_fractions(risk, profile["risk"]["edges"]))
     high = float(np.mean(risk >= profile["high_threshold"])) if len(risk) else 0.0
     report = DriftReport(
         len(X), rows, risk_psi, high, profile["high_risk_rate"], float(np.mean(risk)) if len(risk) else 0.0,

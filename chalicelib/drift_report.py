@@ -4,7 +4,6 @@ a Markdown + HTML report with PNG plots."""
 from __future__ import annotations
 
 import html
-import io
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +31,20 @@ def table(report: DriftReport, top: int = 15) -> str:
 
 
 def _plot(report: DriftReport, profile: dict[str, Any], X: np.ndarray, risk: np.ndarray) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .drift import _bin_fractions, _category_fractions
+    from .drift import bin_fractions, category_fractions
     from .features import FEATURE_NAMES
+    from .plotting import png, pyplot
 
+    plt = pyplot()
     out: dict[str, bytes] = {}
 
     def save(fig: Any, name: str) -> None:
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=80)
-        plt.close(fig)
-        out[name] = buf.getvalue()
+        out[name] = png(fig, dpi=80)
 
     top = sorted(report.features, key=lambda f: -f.psi)[:4]
     fig, axes = plt.subplots(1, len(top) + 1, figsize=(4 * (len(top) + 1), 3.2))
     ref_risk = np.array(profile["risk"]["fractions"])
-    cur_risk = _bin_fractions(risk, profile["risk"]["edges"])
+    cur_risk = bin_fractions(risk, profile["risk"]["edges"])
     x = np.arange(len(ref_risk))
     axes[0].bar(x - 0.2, ref_risk, 0.4, label="training")
     axes[0].bar(x + 0.2, cur_risk, 0.4, label="current")
@@ -62,9 +54,7 @@ def _plot(report: DriftReport, profile: dict[str, Any], X: np.ndarray, risk: np.
         ref = profile["features"][f.feature]
         col = X[:, FEATURE_NAMES.index(f.feature)].astype(np.float64)
         cur = (
-            _bin_fractions(col, ref["edges"])
-            if ref["kind"] == "numeric"
-            else _category_fractions(col, ref["categories"])
+            bin_fractions(col, ref["edges"]) if ref["kind"] == "numeric" else category_fractions(col, ref["categories"])
         )
         x = np.arange(len(cur))
         ax.bar(x - 0.2, ref["fractions"], 0.4, label="training")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
@@ -141,19 +140,13 @@ def render(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
 
 def plots(curves: dict[str, dict[str, Any]], reliability: list[dict[str, float]], importance: dict[str, float]) -> dict:
     """PNG bytes of the card's plots, keyed by file name under ``plots/``."""
-    import matplotlib
+    from .plotting import png, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out: dict[str, bytes] = {}
 
     def save(fig: Any, name: str) -> None:
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=90)
-        plt.close(fig)
-        out[f"plots/{name}"] = buf.getvalue()
+        out[f"plots/{name}"] = png(fig, dpi=90)
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for name, c in curves.items():

@@ -85,6 +85,8 @@ def retrain(
         version = registry.register(result.bundle_dir)
         progress(f"registered challenger {version}")
         challenger = ModelBundle.load(result.bundle_dir)
-    decision = evaluate_challenger(registry, challenger, evaluation_set(data_path, eval_frac, seed), gate_cfg)
+    # train() already built the held-out patients' features; score both models on exactly those
+    evalset = EvaluationSet(*result.holdout) if result.holdout else evaluation_set(data_path, eval_frac, seed)
+    decision = evaluate_challenger(registry, challenger, evalset, gate_cfg)
     champion = apply_decision(registry, version, decision, trigger=trigger, champion=registry.champion())
     return RetrainResult(version, decision, champion, time.perf_counter() - started)

@@ -92,6 +92,7 @@ class TrainResult:
     version: str
     metrics: dict[str, Any]
     meta: dict[str, Any]
+    holdout: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None  # (X, y, subgroups) when held out
 
 
 def subgroup_values(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -311,4 +312,5 @@ def train(
     bundle_dir = write_bundle(out_dir, booster, calibrator, meta, render)
     tick("wrote the bundle and model card")
     final_meta = json.loads((bundle_dir / "model.json").read_text())
-    return TrainResult(bundle_dir, final_meta["version"], metrics, final_meta)
+    held = (eval_X, eval_y, h_groups) if holdout is not None else None
+    return TrainResult(bundle_dir, final_meta["version"], metrics, final_meta, held)

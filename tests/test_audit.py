@@ -234,7 +234,7 @@ def test_open_prediction_log_reads_s3_uris_and_the_environment(monkeypatch: pyte
     log = open_prediction_log(None)
     assert isinstance(log, S3PredictionLog)
     assert (log.bucket, log.prefix) == ("audit-bucket", "team/predictions")
-    assert log._client is None  # no client (credentials, network) until used
+    assert log._s3._client is None  # no client (credentials, network) until used
     bare = open_prediction_log("s3://audit-bucket")
     assert isinstance(bare, S3PredictionLog) and bare.prefix == ""
 

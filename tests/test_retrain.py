@@ -68,3 +68,17 @@ def test_retrain_remote_without_a_state_machine_says_what_is_missing(capsys) -> 
 
     assert main(["retrain", "--remote", "--data", "s3://d/x.csv"]) == 2
     assert "--state-machine" in capsys.readouterr().err
+
+
+def test_the_evaluation_set_is_exactly_the_patients_training_held_out(sample_csv: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from chalicelib.retrain import evaluation_set
+    from chalicelib.train import train
+
+    cfg = TrainConfig(n_estimators=20, folds=3, baselines=False, holdout_frac=0.2, seed=7)
+    held = train(sample_csv, tmp_path, cfg).holdout
+    rebuilt = evaluation_set(sample_csv, 0.2, 7)
+    assert held is not None
+    np.testing.assert_array_equal(held[0], rebuilt.X)
+    np.testing.assert_array_equal(held[1], rebuilt.y)
