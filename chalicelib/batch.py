@@ -67,12 +67,12 @@ def predict_file(model: ModelBundle, data: Path, out: Path) -> dict[str, int]:
     return counts
 
 
-def labelled_cohort(model: ModelBundle, data: Path) -> tuple[np.ndarray, np.ndarray, Scored]:
-    """(labels, risk) over the rows that are valid, in the cohort and labelled: what `evaluate` scores."""
+def labelled_cohort(model: ModelBundle, data: Path) -> tuple[np.ndarray, np.ndarray, Scored, np.ndarray]:
+    """(labels, risk, scored, mask over valid rows) for rows that are valid, in the cohort and labelled."""
     table = read_table(data, require_target=True)
     scored = score_table(model, table)
     has_label = np.isin(table.target, ("NO", ">30", "<30")) if table.target is not None else None
     if has_label is None:
         raise ValueError(f"{data} has no {TARGET} column")
     keep = ~scored.excluded & has_label
-    return table.labels[keep], scored.risk[keep], scored
+    return table.labels[keep], scored.risk[keep], scored, keep

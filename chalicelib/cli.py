@@ -102,10 +102,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .train import subgroup_values
 
     model = load_model(args.model or settings.registry_uri())
-    y, risk, scored = labelled_cohort(model, locate(args.data))
-    valid_groups = subgroup_values(scored.table.cols)
-    keep = ~scored.excluded & (scored.table.target != "")
-    groups = {k: v[keep] for k, v in valid_groups.items()}
+    y, risk, scored, keep = labelled_cohort(model, locate(args.data))
+    groups = {k: v[keep] for k, v in subgroup_values(scored.table.cols).items()}
     metrics = evaluate(y, risk, model.threshold, groups)
     print(json.dumps({"model_version": model.version, **metrics}, indent=2))
     return 0
