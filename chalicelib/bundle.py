@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,9 @@ MANIFEST = "manifest.json"
 BOOSTER = "model.ubj"
 META = "model.json"
 TIERS = ("low", "medium", "high")
+# Below this many rows one thread is fastest (a thread pool costs more than the trees); above it, a batch
+# uses every core the function has (Lambda gives 2 vCPUs from 3,009 MB).
+PARALLEL_ROWS = 64
 
 
 class BundleError(Exception):
@@ -64,6 +67,18 @@ class ModelBundle:
     booster: xgb.Booster
     calibrator: Calibrator
     meta: dict[str, Any]
+    _parallel: xgb.Booster | None = field(default=None, repr=False, compare=False)
+
+    def _booster_for(self, rows: int) -> tuple[xgb.Booster, int]:
+        """The single-threaded booster for small requests; a multi-threaded copy (made once) for batches."""
+        threads = os.cpu_count() or 1
+        if rows < PARALLEL_ROWS or threads < 2:
+            return self.booster, 1
+        if self._parallel is None:
+            parallel = self.booster.copy()
+            parallel.set_param({"nthread": threads})
+            self._parallel = parallel  # a race only builds it twice; both copies are equal
+        return self._parallel, threads
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -75,7 +90,8 @@ class ModelBundle:
         return float(self.thresholds["high"])
 
     def raw(self, X: np.ndarray) -> np.ndarray:
-        return self.booster.inplace_predict(X, validate_features=False)
+        booster, _ = self._booster_for(len(X))
+        return booster.inplace_predict(X, validate_features=False)
 
     def risk(self, X: np.ndarray) -> np.ndarray:
         """Calibrated probability of readmission within 30 days."""
@@ -88,10 +104,11 @@ class ModelBundle:
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """XGBoost's native SHAP values (log-odds), one column per feature plus the bias last.
 
-        Serving builds a single-threaded, unnamed DMatrix: names and a thread pool cost more than the trees
-        for one row."""
-        data = xgb.DMatrix(X, missing=np.nan, nthread=1)
-        return self.booster.predict(data, pred_contribs=True, validate_features=False)
+        Serving builds an unnamed DMatrix, single-threaded for small requests: names and a thread pool cost
+        more than the trees for one row."""
+        booster, threads = self._booster_for(len(X))
+        data = xgb.DMatrix(X, missing=np.nan, nthread=threads)
+        return booster.predict(data, pred_contribs=True, validate_features=False)
 
     def risk_and_contributions(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Both from one tree walk: SHAP values sum to the raw margin, so the probability follows from them."""

@@ -85,3 +85,12 @@ def test_risk_from_the_shap_walk_equals_the_direct_prediction(small_bundle: Path
     risk, contribs = model.risk_and_contributions(X)
     np.testing.assert_allclose(risk, model.risk(X), atol=1e-5)
     assert contribs.shape == (50, len(FEATURE_NAMES) + 1)
+
+
+def test_a_large_batch_scored_on_many_threads_matches_row_by_row_scoring(small_bundle: Path) -> None:
+    model = ModelBundle.load(small_bundle)
+    X = np.random.default_rng(2).integers(0, 4, size=(200, len(FEATURE_NAMES))).astype(np.float32)
+    risk, contribs = model.risk_and_contributions(X)  # 200 rows: the multi-threaded copy when cores allow
+    one_by_one = np.vstack([model.contributions(X[i : i + 1]) for i in range(len(X))])
+    np.testing.assert_allclose(contribs, one_by_one, atol=1e-5)
+    np.testing.assert_allclose(risk, np.concatenate([model.risk(X[i : i + 1]) for i in range(len(X))]), atol=1e-6)
