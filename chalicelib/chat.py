@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import settings, telemetry
-from .features import FEATURES
+from .features import FEATURE_BY_NAME, FEATURES
 
 FallbackReason = Literal["not_configured", "throttled", "timeout", "error", "ungrounded"]
 READ_TIMEOUT_S = 12.0  # API Gateway gives the whole request 29 s
@@ -122,11 +122,21 @@ _FORMS = {f.label: _forms(f.label, f.name) for f in FEATURES}
 _PATTERNS = {form: _pattern(form) for forms in _FORMS.values() for form in forms}
 
 
+def _reported_forms(factor: Mapping[str, Any]) -> set[str]:
+    """What naming a reported factor may look like: its label (with or without the qualifier), its feature
+    name, its value as shown, and the input columns it comes from (its value often names them)."""
+    label, name = str(factor.get("label", "")), str(factor.get("feature", ""))
+    forms = _forms(label, name) | {str(factor.get("value", "")).lower()}
+    if feature := FEATURE_BY_NAME.get(name):
+        forms |= {s.lower() for s in feature.sources}
+    return {f for f in forms if f}
+
+
 def ungrounded(answer: str, factors: Sequence[Mapping[str, Any]]) -> list[str]:
     """Labels of model features the answer names although the model did not report them for this patient."""
-    reported = {f["label"] for f in factors}
+    reported = {f.get("label") for f in factors}
     text = answer.lower()
-    for form in sorted({x for label in reported for x in _FORMS.get(label, {label.lower()})}, key=len, reverse=True):
+    for form in sorted({x for f in factors for x in _reported_forms(f)}, key=len, reverse=True):
         text = (_PATTERNS.get(form) or _pattern(form)).sub(" ", text)
     return [
         label
@@ -136,6 +146,15 @@ def ungrounded(answer: str, factors: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 # ---- Bedrock ---------------------------------------------------------------------------------------------------
+def bedrock_client(read_timeout: float = READ_TIMEOUT_S, **kwargs: Any) -> Any:
+    """A bedrock-runtime client that gives up quickly: no retries (the template answers instead), short timeouts."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(read_timeout=read_timeout, connect_timeout=3, retries={"total_max_attempts": 1, "mode": "standard"})
+    return boto3.client("bedrock-runtime", config=config, **kwargs)
+
+
 class BedrockChat:
     """Claude through the Bedrock Converse API; every failure becomes a ChatUnavailable with its reason."""
 
@@ -146,11 +165,7 @@ class BedrockChat:
     @property
     def client(self) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            config = Config(read_timeout=READ_TIMEOUT_S, connect_timeout=3, retries={"max_attempts": 1})
-            self._client = boto3.client("bedrock-runtime", config=config)
+            self._client = bedrock_client()
         return self._client
 
     def ask(self, system: str, prompt: str) -> str:

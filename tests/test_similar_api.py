@@ -14,38 +14,20 @@ import pytest
 
 from chalicelib.api import ReadmitAPI, Request
 from chalicelib.embedding import LocalEmbedder, row_record
-from chalicelib.indexing import index_rows, point_id, select, take
+from chalicelib.indexing import point_id
 from chalicelib.model_provider import ModelProvider
 from chalicelib.numpy_store import NumpyStore
 from chalicelib.service import Predictor
 from chalicelib.similar import SimilarPatients
-from chalicelib.tabular import Table, read_table
+from chalicelib.tabular import Table
+from tests.conftest import SIMILAR_SALT
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
-SALT = "similar-test-salt"
-
-
-@pytest.fixture(scope="session")
-def sample_table(sample_csv: Path) -> Table:
-    return read_table(sample_csv, require_target=True)
-
-
-@pytest.fixture(scope="session")
-def sample_index(sample_table: Table, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample's labelled, in-cohort encounters, indexed with the local embedder (hashed with SALT)."""
-    folder = tmp_path_factory.mktemp("index")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("READMIT_ID_SALT", SALT)
-        t = sample_table
-        rows = select(t.cols, t.target).keep.nonzero()[0]
-        store = NumpyStore(folder)
-        index_rows(take(t.cols, rows), t.encounter_id[rows].tolist(), t.target[rows].tolist(), LocalEmbedder(), store)
-    return folder
 
 
 @pytest.fixture
 def api(small_bundle: Path, sample_index: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ReadmitAPI]:
-    monkeypatch.setenv("READMIT_ID_SALT", SALT)
+    monkeypatch.setenv("READMIT_ID_SALT", SIMILAR_SALT)
     similar = SimilarPatients(LocalEmbedder(), NumpyStore(sample_index))
     yield ReadmitAPI(Predictor(ModelProvider(model_uri=str(small_bundle))), similar)
 
