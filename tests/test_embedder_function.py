@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from botocore.config import Config
 import pandas as pd
 import pytest
+from botocore.config import Config
 from moto import mock_aws
 
 from chalicelib.embedding import LocalEmbedder
