@@ -272,6 +272,8 @@ def cmd_performance(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Index the labelled encounters of a file for similar-patient search (the local twin of the embedder Lambda)."""
+    if args.queue:
+        return _enqueue_backfill(args)
     from tqdm import tqdm
 
     from .dataset import locate
@@ -309,6 +311,20 @@ def cmd_index(args: argparse.Namespace) -> int:
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _enqueue_backfill(args: argparse.Namespace) -> int:
+    """The backfill path on AWS: one message asks the embedder to index an S3 object; it fans out into chunks."""
+    import boto3
+
+    if not (args.data or "").startswith("s3://"):
+        _err("readmit index --queue URL needs --data s3://bucket/key")
+        return 2
+    bucket, _, key = args.data.removeprefix("s3://").partition("/")
+    body = json.dumps({"backfill": {"bucket": bucket, "key": key}})
+    response = boto3.client("sqs").send_message(QueueUrl=args.queue, MessageBody=body)
+    print(json.dumps({"backfill": {"bucket": bucket, "key": key}, "message_id": response["MessageId"]}, indent=2))
     return 0
 
 
@@ -428,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--embedder", choices=("local", "bedrock"), help="default: $READMIT_EMBEDDER or local")
     s.add_argument("--rebuild", action="store_true", help="drop the existing index first")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--queue", help="on AWS: ask the embedder Lambda (its ingest queue URL) to index --data s3://…")
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("serve", help="run the API locally (Chalice's local server)")
