@@ -167,7 +167,7 @@ class Ingestor:
             open_vector_store(env=env),
             queue_url=env.get(settings.ENV_INGEST_QUEUE_URL),
             dlq_url=env[settings.ENV_INGEST_DLQ_URL],
-            chunk_rows=int(env.get("READMIT_INGEST_CHUNK_ROWS") or CHUNK_ROWS),
+            chunk_rows=int(env.get(settings.ENV_INGEST_CHUNK_ROWS) or CHUNK_ROWS),
         )
 
     # -- one message ----------------------------------------------------------------------------------------

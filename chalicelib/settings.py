@@ -35,6 +35,7 @@ ENV_VECTOR_COLLECTION = "READMIT_VECTOR_COLLECTION"  # Qdrant collection / OpenS
 ENV_CHAT_MODEL = "READMIT_CHAT_MODEL"  # Bedrock Converse model id; unset means template answers only
 ENV_INGEST_QUEUE_URL = "READMIT_INGEST_QUEUE_URL"  # the embedder's own queue (large files fan out into chunks)
 ENV_INGEST_DLQ_URL = "READMIT_INGEST_DLQ_URL"  # where poison messages and bad rows go, with a reason
+ENV_INGEST_CHUNK_ROWS = "READMIT_INGEST_CHUNK_ROWS"  # larger files fan out into chunks of this many rows
 
 DEFAULT_COLLECTION = "readmit-encounters"
 DEFAULT_EMBED_MODEL = "amazon.titan-embed-text-v2:0"

@@ -90,6 +90,8 @@ def open_vector_store(name: str | None = None, env: Mapping[str, str] = os.envir
         from .qdrant_store import QdrantStore, qdrant_client
 
         url, path = env.get(settings.ENV_QDRANT_URL), env.get(settings.ENV_QDRANT_PATH)
+        if not url and env.get("AWS_LAMBDA_FUNCTION_NAME"):  # embedded mode in a Lambda: an index per container
+            raise ValueError(f"on Lambda the qdrant store needs ${settings.ENV_QDRANT_URL} (the EKS service)")
         client = qdrant_client(url=url, path=path, api_key=env.get(settings.ENV_QDRANT_API_KEY))
         return QdrantStore(client, collection)
     if name == "opensearch":

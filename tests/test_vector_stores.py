@@ -180,5 +180,7 @@ def test_the_store_is_chosen_by_environment(tmp_path: Path) -> None:
     assert isinstance(store, QdrantStore)
     with pytest.raises(ValueError, match="READMIT_OPENSEARCH_URL"):
         open_vector_store("opensearch", env={})
+    with pytest.raises(ValueError, match="READMIT_QDRANT_URL"):  # no per-container embedded index on Lambda
+        open_vector_store("qdrant", env={"AWS_LAMBDA_FUNCTION_NAME": "readmit-embedder"})
     with pytest.raises(ValueError, match="unknown vector store"):
         open_vector_store("faiss", env={})
