@@ -11,7 +11,8 @@ export READMIT_HOME ?= $(abspath .readmit)
 export MPLBACKEND := Agg
 
 .PHONY: setup tools validate-asl demo test lint clean docs build-ApiFunction lambda-size build-StartTrainingFunction \
-	build-CheckTrainingFunction build-PromoteFunction build-RejectFunction build-DriftMonitorFunction
+	build-CheckTrainingFunction build-PromoteFunction build-RejectFunction build-DriftMonitorFunction \
+	build-EmbedderFunction
 .DEFAULT_GOAL := demo
 
 $(STAMP): pyproject.toml
@@ -48,6 +49,7 @@ validate-asl: tools
 demo: setup
 	$(BIN)/readmit data
 	$(BIN)/readmit train --registry --holdout-frac 0.2
+	$(BIN)/readmit index
 	$(BIN)/readmit predict --out $(READMIT_HOME)/predictions.csv
 	@echo
 	@echo "Model card: $$(ls -d $(READMIT_HOME)/bundles/*/ | tail -1)model_card.md"
@@ -71,10 +73,11 @@ clean:
 # runtime module (no botocore, click or yaml: boto3 comes with the Lambda runtime); test suites are dropped.
 LAMBDA_PYTHON ?= 3.12
 SERVING_DEPS = numpy xgboost-cpu scipy pydantic aws-lambda-powertools platformdirs prometheus-client
+VECTOR_DEPS = qdrant-client opensearch-py  # the API's similar-patient search (imported only when selected)
 build-ApiFunction:
 	cp -r app.py chalicelib "$(ARTIFACTS_DIR)/"
 	python3 -m pip install --quiet --no-warn-conflicts --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
-		--implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: $(SERVING_DEPS)
+		--implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: $(SERVING_DEPS) $(VECTOR_DEPS)
 	python3 -m pip install --quiet --no-warn-conflicts --no-deps --target "$(ARTIFACTS_DIR)" chalice
 	cd "$(ARTIFACTS_DIR)" && rm -rf bin chalice/cli chalice/deploy chalice/templates \
 		scipy/*/tests scipy/*/*/tests && find . -name __pycache__ -prune -exec rm -rf {} +
@@ -106,3 +109,10 @@ build-DriftMonitorFunction:
 	cp -r chalicelib "$(ARTIFACTS_DIR)/" && cp functions/drift_monitor/app.py "$(ARTIFACTS_DIR)/app.py"
 	python3 -m pip install --quiet --no-warn-conflicts --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
 		--implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: $(SERVING_DEPS)
+
+# The embedder (SQS → embed → vector store): the feature code and the store clients, no model, no training stack.
+EMBEDDER_DEPS = numpy pydantic aws-lambda-powertools[tracer] platformdirs prometheus-client $(VECTOR_DEPS)
+build-EmbedderFunction:
+	cp -r chalicelib "$(ARTIFACTS_DIR)/" && cp functions/embedder/app.py "$(ARTIFACTS_DIR)/app.py"
+	python3 -m pip install --quiet --no-warn-conflicts --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
+		--implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: $(EMBEDDER_DEPS)

@@ -64,3 +64,13 @@ def prometheus_metrics() -> ChaliceResponse:
 @app.route("/openapi.json", methods=["GET"])
 def openapi() -> ChaliceResponse:
     return _respond(api().openapi(_request()))
+
+
+@app.route("/similar-patients", methods=["POST"], content_types=ANY)
+def similar_patients() -> ChaliceResponse:
+    return _respond(api().similar_patients(_request()))
+
+
+@app.route("/chat", methods=["POST"], content_types=ANY)
+def chat() -> ChaliceResponse:
+    return _respond(api().chat(_request()))

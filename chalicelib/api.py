@@ -24,6 +24,7 @@ from .api_models import (
     parse_json,
 )
 from .audit import open_prediction_log
+from .chat import Explainer, Facts
 from .errors import ApiError, InvalidQuery, UnsupportedMediaType, ValidationFailed
 from .features import FEATURES
 from .history_store import open_history_store
@@ -31,6 +32,9 @@ from .model_provider import DEFAULT_CHECK_INTERVAL, ModelProvider
 from .openapi import document
 from .service import Predictor, cohort_error
 from .settings import ENV_MODEL, ENV_REGISTRY, registry_uri
+from .similar import Neighbours, SimilarPatients
+from .similar_models import IndexNotReady, parse_chat, parse_similar
+from .vectors import DimensionMismatch, IndexMissing
 
 ENV_CHECK_INTERVAL = "READMIT_CHECK_INTERVAL"
 log = telemetry.logger
@@ -77,9 +81,23 @@ def _require_json(request: Request) -> None:
 
 
 class ReadmitAPI:
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(
+        self, predictor: Predictor, similar: SimilarPatients | None = None, explainer: Explainer | None = None
+    ) -> None:
         self.predictor = predictor
         self.provider = predictor.provider
+        self._similar = similar
+        self.explainer = explainer if explainer is not None else Explainer.from_env()
+
+    @property
+    def similar(self) -> SimilarPatients:
+        """Opened on first use from the environment: /predict never waits for (or depends on) the vector store."""
+        if self._similar is None:
+            from .embedding import open_embedder
+            from .vectors import open_vector_store
+
+            self._similar = SimilarPatients(open_embedder(), open_vector_store())
+        return self._similar
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ReadmitAPI:
@@ -99,6 +117,12 @@ class ReadmitAPI:
 
     def predict_batch(self, request: Request) -> Response:
         return self._handle("/predict/batch", request, self._predict_batch)
+
+    def similar_patients(self, request: Request) -> Response:
+        return self._handle("/similar-patients", request, self._similar_patients)
+
+    def chat(self, request: Request) -> Response:
+        return self._handle("/chat", request, self._chat)
 
     def health(self, request: Request) -> Response:
         def run(_r: Request) -> Response:
@@ -182,6 +206,51 @@ class ReadmitAPI:
             "scored": len(valid),
             "invalid": len(items) - len(valid),
             "results": results,
+        }
+        return Response(200, body)
+
+    def _similar_patients(self, request: Request) -> Response:
+        _require_json(request)
+        envelope, record = parse_similar(parse_json(request.body, MAX_BODY_BYTES))
+        try:
+            found = self.similar.find(record, envelope.k, envelope.filters.same_age_band)
+        except (IndexMissing, DimensionMismatch) as exc:
+            raise IndexNotReady(str(exc)) from None
+        body = {
+            "neighbours": found.neighbours,
+            "count": found.count,
+            "k": envelope.k,
+            "readmission_rate": found.readmission_rate,
+            "request_id": request.request_id,
+        }
+        return Response(200, body)
+
+    def _chat(self, request: Request) -> Response:
+        _require_json(request)
+        envelope, record = parse_chat(parse_json(request.body, MAX_BODY_BYTES))
+        model = self.predictor.model()
+        # Scored without the audit log: /chat explains, /predict is the prediction of record.
+        scorer = Predictor(self.provider, self.predictor.history, None)
+        [scored] = scorer.score(model, [record], explain=True, request_id=request.request_id)
+        try:
+            found = self.similar.find(record)
+        except Exception as exc:  # no index, or the store is down: answer from the model's factors alone
+            log.warning("chat without similar patients", extra={"error_type": type(exc).__name__})
+            found = Neighbours([])
+        factors = scored.factors or []
+        facts = Facts(scored.risk, scored.tier, factors, found.count, found.readmission_rate)
+        answer = self.explainer.answer(
+            facts, envelope.question, (record.get("patient_nbr"), record.get("encounter_id"))
+        )
+        body = {
+            "answer": answer.text,
+            "source": answer.source,
+            "fallback_reason": answer.fallback_reason,
+            "risk": round(scored.risk, 6),
+            "risk_tier": scored.tier,
+            "top_factors": factors,
+            "similar": {"count": found.count, "readmission_rate": found.readmission_rate},
+            "request_id": request.request_id,
         }
         return Response(200, body)
 

@@ -270,6 +270,64 @@ def cmd_performance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    """Index the labelled encounters of a file for similar-patient search (the local twin of the embedder Lambda)."""
+    if args.queue:
+        return _enqueue_backfill(args)
+    from tqdm import tqdm
+
+    from .dataset import locate
+    from .embedding import open_embedder
+    from .indexing import index_rows, select, take
+    from .tabular import read_table
+    from .vectors import open_vector_store
+
+    started = time.perf_counter()
+    table = read_table(locate(args.data), require_target=True)
+    assert table.target is not None
+    chosen = select(table.cols, table.target)
+    rows = chosen.keep.nonzero()[0]
+    embedder, store = open_embedder(args.embedder), open_vector_store(args.store)
+    if args.rebuild:
+        store.reset()
+    with tqdm(total=len(rows), unit="enc", desc="indexing", file=sys.stderr, disable=args.quiet) as bar:
+        n = index_rows(
+            take(table.cols, rows),
+            table.encounter_id[rows].tolist(),
+            table.target[rows].tolist(),
+            embedder,
+            store,
+            progress=bar.update,
+        )
+    report = {
+        "indexed": n,
+        "points_in_store": store.count(),
+        "excluded_from_cohort": chosen.excluded,
+        "unlabelled": chosen.unlabelled,
+        "invalid_rows": len(table.errors),
+        "embedder": embedder.name,
+        "dimension": embedder.dimension,
+        "store": type(store).__name__,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _enqueue_backfill(args: argparse.Namespace) -> int:
+    """The backfill path on AWS: one message asks the embedder to index an S3 object; it fans out into chunks."""
+    import boto3
+
+    if not (args.data or "").startswith("s3://"):
+        _err("readmit index --queue URL needs --data s3://bucket/key")
+        return 2
+    bucket, _, key = args.data.removeprefix("s3://").partition("/")
+    body = json.dumps({"backfill": {"bucket": bucket, "key": key}})
+    response = boto3.client("sqs").send_message(QueueUrl=args.queue, MessageBody=body)
+    print(json.dumps({"backfill": {"bucket": bucket, "key": key}, "message_id": response["MessageId"]}, indent=2))
+    return 0
+
+
 def project_dir() -> Path:
     """The folder holding app.py and .chalice/ (this package's parent)."""
     return Path(__file__).resolve().parent.parent
@@ -379,6 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=int, default=90, help="window of predictions to look at")
     s.add_argument("--log", help="prediction log (default: $READMIT_PREDICTION_LOG or the local log)")
     s.set_defaults(func=cmd_performance)
+
+    s = sub.add_parser("index", help="index labelled encounters for similar-patient search (progress bar)")
+    s.add_argument("--data", help="labelled UCI-format file (default: as for `readmit data`)")
+    s.add_argument("--store", choices=("numpy", "qdrant", "opensearch"), help="default: $READMIT_VECTOR_STORE or numpy")
+    s.add_argument("--embedder", choices=("local", "bedrock"), help="default: $READMIT_EMBEDDER or local")
+    s.add_argument("--rebuild", action="store_true", help="drop the existing index first")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--queue", help="on AWS: ask the embedder Lambda (its ingest queue URL) to index --data s3://…")
+    s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("serve", help="run the API locally (Chalice's local server)")
     s.add_argument("--host", default="127.0.0.1")

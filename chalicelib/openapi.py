@@ -16,8 +16,20 @@ from .api_models import (
     Health,
     Prediction,
 )
+from .similar_models import ChatRequest, ChatResponse, SimilarRequest, SimilarResponse
 
-MODELS: tuple[type[BaseModel], ...] = (Encounter, Prediction, BatchRequest, BatchResponse, ErrorResponse, Health)
+MODELS: tuple[type[BaseModel], ...] = (
+    Encounter,
+    Prediction,
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    Health,
+    SimilarRequest,
+    SimilarResponse,
+    ChatRequest,
+    ChatResponse,
+)
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -75,6 +87,30 @@ def document(version: str = "1") -> dict[str, Any]:
                     "parameters": [EXPLAIN, RECORD],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(BatchRequest)}}},
                     "responses": {"200": _json(BatchResponse, "Per-item predictions or errors"), **ERRORS},
+                }
+            },
+            "/similar-patients": {
+                "post": {
+                    "summary": "The most similar past encounters (outcome, age band, a few features; no identifiers)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref(SimilarRequest)}},
+                    },
+                    "responses": {
+                        "200": _json(SimilarResponse, "Neighbours and their 30-day readmission rate"),
+                        **{k: v for k, v in ERRORS.items() if k != "503"},
+                        "503": _json(ErrorResponse, "No similar-patient index yet"),
+                    },
+                }
+            },
+            "/chat": {
+                "post": {
+                    "summary": "An answer grounded in the risk, its top factors and similar patients' outcomes",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(ChatRequest)}}},
+                    "responses": {
+                        "200": _json(ChatResponse, "Bedrock's answer, or the template's (fallback_reason says why)"),
+                        **ERRORS,
+                    },
                 }
             },
             "/health": {"get": {"summary": "Liveness and readiness", "responses": {"200": _json(Health, "Up")}}},

@@ -19,3 +19,27 @@ def home() -> Path:
 
 def registry_uri(explicit: str | None = None) -> str:
     return explicit or os.environ.get(ENV_REGISTRY) or str(home() / "registry")
+
+
+# ---- similar patients and /chat (issue #5) -------------------------------------------------------------------
+ENV_EMBEDDER = "READMIT_EMBEDDER"  # local (default: offline, deterministic) | bedrock (Titan Text Embeddings v2)
+ENV_EMBED_MODEL = "READMIT_EMBED_MODEL"  # Bedrock embedding model id
+ENV_EMBED_DIMENSIONS = "READMIT_EMBED_DIMENSIONS"  # Titan v2: 256, 512 or 1024
+ENV_VECTOR_STORE = "READMIT_VECTOR_STORE"  # numpy (default) | qdrant | opensearch
+ENV_INDEX_DIR = "READMIT_INDEX_DIR"  # the numpy store's folder (default: $READMIT_HOME/index)
+ENV_QDRANT_URL = "READMIT_QDRANT_URL"  # a Qdrant server (the EKS deployment); else embedded local mode
+ENV_QDRANT_PATH = "READMIT_QDRANT_PATH"  # embedded local mode's folder (default: $READMIT_HOME/qdrant)
+ENV_QDRANT_API_KEY = "READMIT_QDRANT_API_KEY"
+ENV_OPENSEARCH_URL = "READMIT_OPENSEARCH_URL"  # https://… endpoint of Amazon OpenSearch Service / Serverless
+ENV_VECTOR_COLLECTION = "READMIT_VECTOR_COLLECTION"  # Qdrant collection / OpenSearch index name
+ENV_CHAT_MODEL = "READMIT_CHAT_MODEL"  # Bedrock Converse model id; unset means template answers only
+ENV_INGEST_QUEUE_URL = "READMIT_INGEST_QUEUE_URL"  # the embedder's own queue (large files fan out into chunks)
+ENV_INGEST_DLQ_URL = "READMIT_INGEST_DLQ_URL"  # where poison messages and bad rows go, with a reason
+ENV_INGEST_CHUNK_ROWS = "READMIT_INGEST_CHUNK_ROWS"  # larger files fan out into chunks of this many rows
+
+DEFAULT_COLLECTION = "readmit-encounters"
+DEFAULT_EMBED_MODEL = "amazon.titan-embed-text-v2:0"
+
+
+def index_dir(explicit: str | None = None) -> Path:
+    return Path(explicit or os.environ.get(ENV_INDEX_DIR) or home() / "index")

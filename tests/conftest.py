@@ -62,3 +62,36 @@ def small_bundle(sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
     cfg = TrainConfig(n_estimators=60, folds=3, baselines=False, holdout_frac=0.2)
     return train(sample_csv, tmp_path_factory.mktemp("bundles"), cfg).bundle_dir
+
+
+# ---- similar patients (issue #5) ----------------------------------------------------------------------------
+SIMILAR_SALT = "similar-test-salt"  # index and queries must hash encounter ids alike
+
+
+@pytest.fixture(scope="session")
+def sample_table(sample_csv: Path):
+    from chalicelib.tabular import read_table
+
+    return read_table(sample_csv, require_target=True)
+
+
+@pytest.fixture(scope="session")
+def sample_index(sample_table, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample's labelled, in-cohort encounters, indexed with the local embedder (ids hashed with SIMILAR_SALT)."""
+    from chalicelib.embedding import LocalEmbedder
+    from chalicelib.indexing import index_rows, select, take
+    from chalicelib.numpy_store import NumpyStore
+
+    folder = tmp_path_factory.mktemp("index")
+    t = sample_table
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("READMIT_ID_SALT", SIMILAR_SALT)
+        rows = select(t.cols, t.target).keep.nonzero()[0]
+        index_rows(
+            take(t.cols, rows),
+            t.encounter_id[rows].tolist(),
+            t.target[rows].tolist(),
+            LocalEmbedder(),
+            NumpyStore(folder),
+        )
+    return folder

@@ -22,6 +22,12 @@ EXPECTED = {
     "api_model.json": 200,
     "api_metrics.json": 200,
     "api_openapi.json": 200,
+    # No similar-patient index in this replay: 503, while /chat answers from the model's factors alone.
+    # tests/test_similar_api.py and tests/test_chat.py replay the same requests against an index.
+    "api_similar_patients.json": 503,
+    "api_similar_patients_invalid.json": 422,
+    "api_chat.json": 200,
+    "api_chat_invalid.json": 422,
 }
 
 

@@ -1,0 +1,107 @@
+"""Pydantic models of /similar-patients and /chat: the request envelopes, validated with the same encounter
+parser as /predict (errors name ``encounter.<field>``), and the response shapes for the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from .api_models import Factor, _details, parse_encounter_body
+from .errors import ApiError, Detail, ValidationFailed
+from .service import cohort_error
+from .similar import DEFAULT_K, MAX_K
+
+MAX_QUESTION = 1000
+
+
+class SimilarFilters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    same_age_band: bool = Field(False, strict=True, description="Only neighbours in the encounter's age band")
+
+
+class SimilarRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    encounter: dict[str, Any] = Field(description="One encounter in the UCI format, as for /predict")
+    k: int = Field(DEFAULT_K, ge=1, le=MAX_K, strict=True, description="How many neighbours")
+    filters: SimilarFilters = Field(default_factory=SimilarFilters)
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    encounter: dict[str, Any] = Field(description="One encounter in the UCI format, as for /predict")
+    question: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUESTION)] = Field(
+        description="The clinician's question"
+    )
+
+
+class Neighbour(BaseModel):
+    similarity: float = Field(description="Cosine similarity of the encounters' embeddings (1 = identical)")
+    outcome: Literal["<30", ">30", "NO"]
+    readmitted_30d: bool
+    age: str
+    features: dict[str, int | str] = Field(description="A few of the neighbour's features, by clinical label")
+
+
+class SimilarResponse(BaseModel):
+    neighbours: list[Neighbour] = Field(description="Most similar first; never an identifier")
+    count: int
+    k: int
+    readmission_rate: float = Field(description="Share of the neighbours readmitted within 30 days")
+    request_id: str
+
+
+class SimilarSummary(BaseModel):
+    count: int
+    readmission_rate: float
+
+
+class ChatResponse(BaseModel):
+    answer: str
+    source: Literal["bedrock", "template"]
+    fallback_reason: Literal["not_configured", "throttled", "timeout", "error", "ungrounded"] | None
+    risk: float
+    risk_tier: Literal["low", "medium", "high"]
+    top_factors: list[Factor]
+    similar: SimilarSummary
+    request_id: str
+
+
+class IndexNotReady(ApiError):
+    """No similar-patient index exists yet, or it was built by another embedder."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("similar-patient index not ready", [Detail("index", message)], 503)
+
+
+def _parse(model: type[BaseModel], data: Any) -> tuple[Any, dict[str, Any]]:
+    """(the validated envelope, the parsed encounter record); every bad field of both in one 422."""
+    if not isinstance(data, dict):
+        raise ValidationFailed([Detail("body", "must be a JSON object")], error="invalid request")
+    details: list[Detail] = []
+    envelope = None
+    try:
+        envelope = model.model_validate(data)
+    except ValidationError as exc:
+        details += _details(exc)
+    record: dict[str, Any] = {}
+    encounter = data.get("encounter")
+    if isinstance(encounter, dict):
+        try:
+            record = parse_encounter_body(encounter, prefix="encounter.")
+        except ValidationFailed as exc:
+            details += exc.details
+    if details:
+        # An encounter error is reported once, under its field, not again as "encounter" by the envelope.
+        raise ValidationFailed(list({(d.field, d.message): d for d in details}.values()), error="invalid request")
+    if err := cohort_error(record, prefix="encounter."):
+        raise err
+    return envelope, record
+
+
+def parse_similar(data: Any) -> tuple[SimilarRequest, dict[str, Any]]:
+    return _parse(SimilarRequest, data)
+
+
+def parse_chat(data: Any) -> tuple[ChatRequest, dict[str, Any]]:
+    return _parse(ChatRequest, data)

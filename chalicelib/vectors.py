@@ -1,0 +1,104 @@
+"""The vector-store interface, and the factory that picks an implementation from the environment.
+
+Every store keeps the same thing: a unit-length vector per past encounter, under a point id that is the salted
+hash of its encounter id (so redelivering a record overwrites its point), with a model-free, identifier-free
+payload (outcome, age band, a few features). Implementations: ``numpy_store`` (the local default: exact search
+over a float32 matrix), ``qdrant_store`` (a server URL, or the client's embedded local mode) and
+``opensearch_store`` (Amazon OpenSearch k-NN).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import settings
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One neighbour: its point id (a salted hash), cosine similarity and payload."""
+
+    id: str
+    similarity: float
+    payload: dict[str, Any]
+
+
+class VectorStoreError(RuntimeError):
+    """Base class for vector-store failures."""
+
+
+class IndexMissing(VectorStoreError):
+    """Nothing has been indexed yet (run `readmit index`, or upload encounters to the data bucket)."""
+
+
+class DimensionMismatch(VectorStoreError):
+    """The index was built with vectors of another dimension (another embedder): rebuild it."""
+
+
+class VectorStore(Protocol):
+    def ensure(self, dimension: int) -> None:
+        """Create the index for ``dimension``-long vectors if missing; raise DimensionMismatch if it differs."""
+        ...
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[Mapping[str, Any]]) -> None:
+        """Insert or overwrite points by id (idempotent: the same id twice is one point)."""
+        ...
+
+    def flush(self) -> None:
+        """Make upserts durable and visible to other processes."""
+        ...
+
+    def search(self, vector: np.ndarray, k: int, age_band: str | None = None) -> list[Hit]:
+        """The k most similar points, best first, optionally only those in one age band."""
+        ...
+
+    def count(self) -> int:
+        """How many points are indexed (0 when there is no index)."""
+        ...
+
+    def reset(self) -> None:
+        """Drop the index."""
+        ...
+
+
+def check_upsert(ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[Mapping[str, Any]]) -> None:
+    if vectors.ndim != 2 or len(ids) != len(vectors) or len(ids) != len(payloads):
+        raise ValueError(f"{len(ids)} ids, {vectors.shape} vectors and {len(payloads)} payloads do not line up")
+
+
+def point_uuid(point_id: str) -> str:
+    """Qdrant needs an integer or UUID id: a 32-hex-character hash is a UUID's 128 bits."""
+    import uuid
+
+    return str(uuid.UUID(hex=point_id))
+
+
+def open_vector_store(name: str | None = None, env: Mapping[str, str] = os.environ) -> VectorStore:
+    """The store named explicitly, else by $READMIT_VECTOR_STORE (default ``numpy``)."""
+    name = name or env.get(settings.ENV_VECTOR_STORE) or "numpy"
+    collection = env.get(settings.ENV_VECTOR_COLLECTION) or settings.DEFAULT_COLLECTION
+    if name == "numpy":
+        from .numpy_store import NumpyStore
+
+        return NumpyStore(settings.index_dir(env.get(settings.ENV_INDEX_DIR)))
+    if name == "qdrant":
+        from .qdrant_store import QdrantStore, qdrant_client
+
+        url, path = env.get(settings.ENV_QDRANT_URL), env.get(settings.ENV_QDRANT_PATH)
+        if not url and env.get("AWS_LAMBDA_FUNCTION_NAME"):  # embedded mode in a Lambda: an index per container
+            raise ValueError(f"on Lambda the qdrant store needs ${settings.ENV_QDRANT_URL} (the EKS service)")
+        client = qdrant_client(url=url, path=path, api_key=env.get(settings.ENV_QDRANT_API_KEY))
+        return QdrantStore(client, collection)
+    if name == "opensearch":
+        from .opensearch_store import OpenSearchStore, opensearch_client
+
+        url = env.get(settings.ENV_OPENSEARCH_URL)
+        if not url:
+            raise ValueError(f"the opensearch store needs ${settings.ENV_OPENSEARCH_URL}")
+        return OpenSearchStore(opensearch_client(url), collection)
+    raise ValueError(f"unknown vector store {name!r}; use numpy, qdrant or opensearch")

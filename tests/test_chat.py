@@ -1,0 +1,282 @@
+"""/chat: the template answer, Bedrock Converse through botocore's Stubber with real response shapes, every
+fallback (not configured, throttled, a real read timeout, an error, an ungrounded answer), and no identifiers in
+the prompt."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from chalicelib.api import ReadmitAPI, Request
+from chalicelib.chat import SYSTEM, BedrockChat, Explainer, Facts, bedrock_client, scrub, ungrounded
+from chalicelib.embedding import LocalEmbedder
+from chalicelib.model_provider import ModelProvider
+from chalicelib.numpy_store import NumpyStore
+from chalicelib.service import Predictor
+from chalicelib.similar import SimilarPatients
+
+EVENTS = Path(__file__).resolve().parent.parent / "events"
+MODEL_ID = "anthropic.claude-3-haiku-20240307-v1:0"
+
+
+def chat_body() -> dict[str, Any]:
+    return json.loads(json.loads((EVENTS / "api_chat.json").read_text())["body"])
+
+
+def converse_response(text: str) -> dict[str, Any]:
+    """The shape Bedrock's Converse API returns."""
+    return {
+        "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": 412, "outputTokens": 96, "totalTokens": 508},
+        "metrics": {"latencyMs": 1187},
+    }
+
+
+@pytest.fixture
+def client() -> Any:
+    return boto3.client("bedrock-runtime", region_name="us-east-1")
+
+
+@pytest.fixture
+def prompts(client: Any) -> list[dict[str, Any]]:
+    """Every Converse request as the client was asked to send it."""
+    seen: list[dict[str, Any]] = []
+    client.meta.events.register(
+        "provide-client-params.bedrock-runtime.Converse", lambda params, **_: seen.append(params)
+    )
+    return seen
+
+
+def make_api(bundle: Path, index: Path | None, explainer: Explainer) -> ReadmitAPI:
+    similar = SimilarPatients(LocalEmbedder(), NumpyStore(index)) if index else None
+    return ReadmitAPI(Predictor(ModelProvider(model_uri=str(bundle))), similar, explainer)
+
+
+def ask(api: ReadmitAPI, body: Any) -> tuple[int, Any]:
+    response = api.chat(Request(json.dumps(body).encode(), {"Content-Type": "application/json"}))
+    return response.status, response.body
+
+
+def predict(api: ReadmitAPI, encounter: dict[str, Any]) -> dict[str, Any]:
+    response = api.predict(Request(json.dumps(encounter).encode(), {"Content-Type": "application/json"}))
+    assert response.status == 200
+    return response.body
+
+
+@pytest.fixture
+def reported(small_bundle: Path) -> list[dict[str, Any]]:
+    """The top factors the model reports for the fixture's encounter."""
+    api = make_api(small_bundle, None, Explainer(None))
+    return predict(api, chat_body()["encounter"])["top_factors"]
+
+
+def test_without_bedrock_the_template_states_risk_factors_and_similar_outcomes(
+    small_bundle: Path, sample_index: Path
+) -> None:
+    api = make_api(small_bundle, sample_index, Explainer(None))
+    status, out = ask(api, chat_body())
+    assert status == 200 and out["source"] == "template" and out["fallback_reason"] == "not_configured"
+    prediction = predict(api, chat_body()["encounter"])
+    assert out["risk"] == prediction["risk"] and out["risk_tier"] == prediction["risk_tier"]
+    assert out["top_factors"] == prediction["top_factors"]
+    assert f"{out['risk']:.1%}" in out["answer"] and all(f["label"] in out["answer"] for f in out["top_factors"])
+    similar = api.similar_patients(
+        Request(json.dumps({"encounter": chat_body()["encounter"]}).encode(), {"Content-Type": "application/json"})
+    ).body
+    assert out["similar"] == {"count": 5, "readmission_rate": similar["readmission_rate"]}
+    assert f"Among the 5 most similar past patients, {round(similar['readmission_rate'] * 5)}" in out["answer"]
+    assert ungrounded(out["answer"], out["top_factors"]) == []  # the template itself is grounded
+
+
+def test_without_an_index_chat_still_answers_from_the_factors(small_bundle: Path, tmp_path: Path) -> None:
+    api = make_api(small_bundle, tmp_path / "no-index", Explainer(None))
+    status, out = ask(api, chat_body())
+    assert status == 200 and out["similar"] == {"count": 0, "readmission_rate": 0.0}
+    assert "No similar past patients" in out["answer"] and out["top_factors"]
+
+
+def test_bedrock_answers_when_it_names_only_the_reported_factors(
+    small_bundle: Path, sample_index: Path, client: Any, prompts: list, reported: list
+) -> None:
+    text = f"The risk is driven mainly by {reported[0]['label']} and {reported[1]['label']}."
+    with Stubber(client) as stub:
+        stub.add_response("converse", converse_response(text))
+        api = make_api(small_bundle, sample_index, Explainer(BedrockChat(MODEL_ID, client)))
+        status, out = ask(api, chat_body())
+        stub.assert_no_pending_responses()
+    assert status == 200 and out["source"] == "bedrock" and out["fallback_reason"] is None and out["answer"] == text
+    [params] = prompts
+    assert params["modelId"] == MODEL_ID and params["system"] == [{"text": SYSTEM}]
+    prompt = params["messages"][0]["content"][0]["text"]
+    assert all(f["label"] in prompt for f in reported) and chat_body()["question"] in prompt
+
+
+def test_the_prompt_carries_no_identifier_even_when_the_question_does(
+    small_bundle: Path, client: Any, prompts: list, reported: list
+) -> None:
+    body = chat_body()
+    ids = (str(body["encounter"]["patient_nbr"]), str(body["encounter"]["encounter_id"]))
+    body["question"] = f"Patient {ids[0]} (encounter {ids[1]}, MRN 55512345): why high risk?"
+    with Stubber(client) as stub:
+        stub.add_response("converse", converse_response(f"Mostly {reported[0]['label']}."))
+        status, _ = ask(make_api(small_bundle, None, Explainer(BedrockChat(MODEL_ID, client))), body)
+    assert status == 200
+    sent = json.dumps(prompts[0])
+    assert not any(i in sent for i in ids) and "55512345" not in sent and "[identifier]" in sent
+    assert "patient_nbr" not in sent and "encounter_id" not in sent
+
+
+def test_an_answer_naming_an_unreported_factor_falls_back_as_ungrounded(
+    small_bundle: Path, client: Any, reported: list
+) -> None:
+    labels = {f["label"] for f in reported}
+    unreported = next(x for x in ("Number of diagnoses", "HbA1c > 8%", "Age", "Medications") if x not in labels)
+    text = f"{reported[0]['label']} matters, and so does {unreported.lower()}."
+    with Stubber(client) as stub:
+        stub.add_response("converse", converse_response(text))
+        status, out = ask(make_api(small_bundle, None, Explainer(BedrockChat(MODEL_ID, client))), chat_body())
+    assert status == 200 and out["source"] == "template" and out["fallback_reason"] == "ungrounded"
+    assert out["answer"] != text and reported[0]["label"] in out["answer"]
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "reason"),
+    [
+        ("ThrottlingException", 429, "throttled"),
+        ("ModelTimeoutException", 408, "timeout"),
+        ("AccessDeniedException", 403, "error"),
+        ("ValidationException", 400, "error"),
+        ("InternalServerException", 500, "error"),
+    ],
+)
+def test_bedrock_errors_fall_back_to_the_template_with_their_reason(
+    small_bundle: Path, client: Any, code: str, status: int, reason: str
+) -> None:
+    with Stubber(client) as stub:
+        stub.add_client_error("converse", service_error_code=code, http_status_code=status)
+        got, out = ask(make_api(small_bundle, None, Explainer(BedrockChat(MODEL_ID, client))), chat_body())
+    assert got == 200 and out["source"] == "template" and out["fallback_reason"] == reason
+    assert out["answer"].startswith("Estimated risk of readmission")
+
+
+@pytest.fixture
+def slow_endpoint() -> Iterator[str]:
+    """A loopback HTTP endpoint that answers only after the client's read timeout."""
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            time.sleep(1.5)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_real_read_timeout_falls_back_as_timeout(small_bundle: Path, slow_endpoint: str) -> None:
+    client = bedrock_client(read_timeout=0.3, region_name="us-east-1", endpoint_url=slow_endpoint)
+    started = time.monotonic()
+    status, out = ask(make_api(small_bundle, None, Explainer(BedrockChat(MODEL_ID, client))), chat_body())
+    assert status == 200 and out["fallback_reason"] == "timeout" and out["source"] == "template"
+    assert time.monotonic() - started < 1.4  # gave up at the read timeout, no retry
+
+
+def test_an_unreachable_endpoint_is_an_error_fallback(small_bundle: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    client = bedrock_client(region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}")
+    status, out = ask(make_api(small_bundle, None, Explainer(BedrockChat(MODEL_ID, client))), chat_body())
+    assert status == 200 and out["fallback_reason"] == "error"
+
+
+def test_a_guardrail_intervention_or_empty_answer_is_an_error_fallback(small_bundle: Path, client: Any) -> None:
+    blocked = {**converse_response("Sorry, I can't help with that."), "stopReason": "guardrail_intervened"}
+    with Stubber(client) as stub:
+        stub.add_response("converse", blocked)
+        stub.add_response("converse", converse_response("   "))
+        api = make_api(small_bundle, None, Explainer(BedrockChat(MODEL_ID, client)))
+        assert ask(api, chat_body())[1]["fallback_reason"] == "error"
+        assert ask(api, chat_body())[1]["fallback_reason"] == "error"
+
+
+def test_predict_answers_while_bedrock_is_down(small_bundle: Path, slow_endpoint: str) -> None:
+    client = bedrock_client(read_timeout=0.3, region_name="us-east-1", endpoint_url=slow_endpoint)
+    api = make_api(small_bundle, None, Explainer(BedrockChat(MODEL_ID, client)))
+    started = time.monotonic()
+    assert predict(api, chat_body()["encounter"])["risk"] > 0
+    assert time.monotonic() - started < 0.3  # never waited on Bedrock
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"encounter": None, "question": "why?"}, "encounter"),
+        ({"encounter": {}, "question": "why?"}, "encounter.gender"),
+        ({"question": "   "}, "question"),
+        ({"question": "x" * 1001}, "question"),
+        ({"question": 42}, "question"),
+        ({"question": "why?", "model": "claude"}, "model"),
+    ],
+)
+def test_bad_chat_input_is_a_422_naming_the_field(small_bundle: Path, body: dict, field: str) -> None:
+    full = {"encounter": chat_body()["encounter"], **body}
+    status, out = ask(make_api(small_bundle, None, Explainer(None)), full)
+    assert status == 422 and field in {d["field"] for d in out["details"]}
+
+
+def test_the_chat_model_is_configured_by_environment() -> None:
+    assert Explainer.from_env({}).chat is None
+    chat = Explainer.from_env({"READMIT_CHAT_MODEL": MODEL_ID}).chat
+    assert chat is not None and chat.model_id == MODEL_ID
+
+
+# ---- the grounding check and the scrubber, directly -------------------------------------------------------------
+FACTORS = [
+    {"feature": "number_inpatient", "label": "Inpatient stays (prior year)", "value": "2"},
+    {"feature": "discharge_facility", "label": "Discharged to nursing/skilled facility", "value": "3"},
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "flagged"),
+    [
+        ("Two inpatient stays (prior year) and discharge to nursing/skilled facility raise the risk.", []),
+        ("Her inpatient stays drive the risk.", []),  # the label without its qualifier is still the factor
+        ("number_inpatient is the main factor.", []),
+        ("Inpatient stays and the length of stay drive the risk.", ["Length of stay (days)"]),
+        ("Her HbA1c > 8% matters too.", ["HbA1c > 8%"]),
+        ("At her age, inpatient stays matter.", ["Age"]),
+        ("Managed by the agency.", []),  # "age" only as a whole word
+    ],
+)
+def test_ungrounded_finds_exactly_the_unreported_model_features(answer: str, flagged: list[str]) -> None:
+    assert ungrounded(answer, FACTORS) == flagged
+
+
+def test_scrub_masks_the_encounters_ids_and_identifier_like_numbers_but_not_clinical_values() -> None:
+    out = scrub("Encounter 2278392, patient 8222157: HbA1c 8.1, 2 stays, MRN 123456", (8222157, 2278392))
+    assert out == "Encounter [identifier], patient [identifier]: HbA1c 8.1, 2 stays, MRN [identifier]"
+
+
+def test_facts_without_factors_or_neighbours_still_make_a_template_answer() -> None:
+    answer = Explainer(None).answer(Facts(0.05, "low", [], 0, 0.0), "why?")
+    assert answer.source == "template" and "5.0%" in answer.text and "no individual factors" in answer.text
