@@ -10,9 +10,12 @@ export READMIT_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export READMIT_HOME ?= $(abspath .readmit)
 export MPLBACKEND := Agg
 
-.PHONY: setup tools validate-asl demo test lint clean docs build-ApiFunction lambda-size build-StartTrainingFunction \
+.PHONY: setup tools browser validate-asl demo test lint clean docs build-ApiFunction lambda-size build-StartTrainingFunction \
 	build-CheckTrainingFunction build-PromoteFunction build-RejectFunction build-DriftMonitorFunction
 .DEFAULT_GOAL := demo
+# `make demo` ends by serving the API and the clinician page in the foreground (DEMO_SERVE=0: it does not).
+DEMO_SERVE ?= 1
+DEMO_PORT ?= 8000
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,12 +55,15 @@ demo: setup
 	@echo
 	@echo "Model card: $$(ls -d $(READMIT_HOME)/bundles/*/ | tail -1)model_card.md"
 	@echo "Predictions: $(READMIT_HOME)/predictions.csv"
+	@echo "Clinician page: http://127.0.0.1:$(DEMO_PORT)/  (later: $(BIN)/readmit serve --port $(DEMO_PORT), then open it)"
+	@if [ "$(DEMO_SERVE)" = 1 ]; then echo "Serving the API and the page; Ctrl-C stops it (DEMO_SERVE=0 skips this step)."; \
+		$(BIN)/readmit serve --port $(DEMO_PORT); fi
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup tools lint
+test: setup tools browser lint
 	$(BIN)/pytest -q
 
 docs: setup
@@ -106,3 +112,10 @@ build-DriftMonitorFunction:
 	cp -r chalicelib "$(ARTIFACTS_DIR)/" && cp functions/drift_monitor/app.py "$(ARTIFACTS_DIR)/app.py"
 	python3 -m pip install --quiet --no-warn-conflicts --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
 		--implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: $(SERVING_DEPS)
+
+# Headless Chromium for the browser tests (tests/test_browser_e2e.py): Debian's package, driven by Playwright
+# (its own browser download is never used). sudo only when not root.
+browser:
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+		chromium chromium-driver; }

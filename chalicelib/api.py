@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import card, telemetry, web
+from . import card, telemetry
 from .api_models import (
     MAX_BATCH_BODY_BYTES,
     MAX_BODY_BYTES,
@@ -29,6 +29,7 @@ from .features import FEATURES
 from .history_store import open_history_store
 from .model_provider import DEFAULT_CHECK_INTERVAL, ModelProvider
 from .openapi import document
+from .page import clinician_page
 from .service import Predictor, cohort_error
 from .settings import ENV_MODEL, ENV_REGISTRY, registry_uri
 
@@ -148,7 +149,7 @@ class ReadmitAPI:
         """The clinician page (HTML with its CSS and JS inlined; public, like /health)."""
 
         def run(_r: Request) -> Response:
-            html, headers = web.page()
+            html, headers = clinician_page()
             return Response(200, html, "text/html; charset=utf-8", dict(headers))
 
         return self._handle("/", request, run)

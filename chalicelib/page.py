@@ -12,7 +12,7 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent / "web"  # index.html, app.css, app.js
 ASSETS = ("index.html", "app.css", "app.js")
 STYLE_SLOT, SCRIPT_SLOT = "/*APP_CSS*/", "/*APP_JS*/"
 
@@ -22,7 +22,7 @@ def _sha256(text: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def page() -> tuple[str, dict[str, str]]:
+def clinician_page() -> tuple[str, dict[str, str]]:
     """(HTML, response headers). Built once per process: the assets ship with the code."""
     html, css, js = ((HERE / name).read_text() for name in ASSETS)
     document = html.replace(STYLE_SLOT, css).replace(SCRIPT_SLOT, js)
@@ -31,7 +31,7 @@ def page() -> tuple[str, dict[str, str]]:
             "default-src 'none'",
             f"script-src {_sha256(js)}",
             f"style-src {_sha256(css)}",
-            "img-src 'self' blob: data:",
+            "img-src 'self' blob:",  # plots arrive as blobs (fetched with the API key)
             "connect-src 'self'",
             "base-uri 'none'",
             "form-action 'none'",
