@@ -114,8 +114,12 @@ build-DriftMonitorFunction:
 		--implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: $(SERVING_DEPS)
 
 # Headless Chromium for the browser tests (tests/test_browser_e2e.py): Debian's package, driven by Playwright
-# (its own browser download is never used). sudo only when not root.
+# (its own browser download is never used; sudo only when not root), and axe-core for their accessibility check.
+AXE_SPEC ?= axe-core@4
+AXE_JS := $(TOOLS)/axe/node_modules/axe-core/axe.min.js
 browser:
 	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
 		chromium chromium-driver; }
+	@test -f $(AXE_JS) || { command -v npm >/dev/null || { echo "npm (Node.js 18+) is needed for $(AXE_SPEC)" >&2; exit 1; }; \
+		npm install --prefix $(TOOLS)/axe --no-audit --no-fund --loglevel=error $(AXE_SPEC); }

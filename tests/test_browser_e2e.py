@@ -27,6 +27,8 @@ from tests.test_server_e2e import Server, start_server
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("READMIT_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("READMIT_ARTIFACTS") or ROOT / "build") / "screenshots"
+AXE = Path(os.environ.get("READMIT_AXE") or ROOT / ".tools" / "axe" / "node_modules" / "axe-core" / "axe.min.js")
+WCAG_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 ROUTES = set(chalice_app.app.routes) | set(document()["paths"])
 HAS_SIMILAR, HAS_CHAT = "/similar-patients" in ROUTES, "/chat" in ROUTES
 
@@ -215,6 +217,43 @@ def test_the_model_tab_shows_the_champion_version_metrics_and_plots_by_keyboard(
     assert page.get_attribute("#tab-patient", "aria-selected") == "true"
     page.get_by_role("tab", name="Model").click()
     print(f"\nscreenshot: {shoot(page, 'model.png')}")
+
+
+def axe_violations(page: Any, view: str) -> list[str]:
+    """WCAG 2.1 A/AA violations that axe-core finds in what is on screen now (labels, contrast, ARIA, …)."""
+    result = page.evaluate("tags => axe.run(document, {runOnly: {type: 'tag', values: tags}})", WCAG_AA)
+    return [f"{view}: {v['id']} ({v['impact']}) {[n['target'] for n in v['nodes']][:3]}" for v in result["violations"]]
+
+
+def test_every_view_passes_axe_core_wcag_2_1_aa_checks(browser: Any, served: tuple[Server, str], upload: Path) -> None:
+    if not AXE.exists():
+        pytest.fail(f"{AXE} is missing: `make browser` installs axe-core")
+    context = browser.new_context(viewport={"width": 1300, "height": 1000}, bypass_csp=True)  # to inject axe
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(served[0].url + "/")
+    page.wait_for_selector("body[data-ready='true']")
+    page.add_script_tag(path=str(AXE))
+    found = []
+    page.get_by_role("button", name="Estimate risk").click()
+    page.wait_for_selector("#risk-value")
+    page.get_by_role("button", name="Ask").click()
+    page.wait_for_selector("#chat-out p")
+    found += axe_violations(page, "one patient")
+    page.locator("#f-num_lab_procedures").fill("999")
+    page.get_by_role("button", name="Estimate risk").click()
+    page.wait_for_selector("#err-num_lab_procedures:not([hidden])")
+    found += axe_violations(page, "field error")
+    page.get_by_role("tab", name="Batch file").click()
+    page.locator("#csv-file").set_input_files(str(upload))
+    page.get_by_role("button", name="Score the file").click()
+    page.wait_for_selector("#scored-table")
+    found += axe_violations(page, "batch")
+    page.get_by_role("tab", name="Model").click()
+    page.wait_for_selector("img[data-plot='importance.png'][src^='blob:']")
+    found += axe_violations(page, "model")
+    context.close()
+    assert not found, "\n".join(found)
 
 
 @pytest.mark.skipif(not HAS_SIMILAR, reason="the app has no /similar-patients route yet")
