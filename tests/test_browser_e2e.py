@@ -197,6 +197,24 @@ def test_a_csv_upload_is_scored_sorted_capacity_planned_and_downloaded(
     assert got[-1]["status"] == "excluded" and "discharge_disposition_id" in got[-1]["reason"]
 
 
+def test_a_file_larger_than_one_batch_is_sent_in_chunks_of_500(page: Any, sample_csv: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(sample_csv, dtype=str, keep_default_na=False, na_filter=False).head(620)
+    path = tmp_path / "big.csv"
+    frame.to_csv(path, index=False)
+    sizes: list[int] = []
+    page.on(
+        "request", lambda r: sizes.append(len(r.post_data_json["encounters"])) if "/predict/batch" in r.url else None
+    )
+    page.get_by_role("tab", name="Batch file").click()
+    page.locator("#csv-file").set_input_files(str(path))
+    page.get_by_role("button", name="Score the file").click()
+    page.wait_for_selector("#scored-table")
+    assert sizes == [500, 120]
+    scored = int((~frame["discharge_disposition_id"].isin(["11", "13", "14", "19", "20", "21"])).sum())
+    assert page.text_content("#batch-status").startswith(f"Scored {scored} of 620 rows")
+    assert "the first 200 of 620" in page.text_content("#scored-table caption")
+
+
 def test_the_model_tab_shows_the_champion_version_metrics_and_plots_by_keyboard(
     page: Any, served: tuple[Server, str]
 ) -> None:

@@ -256,7 +256,7 @@
     const tier = el('span', { class: 'tier tier-' + p.risk_tier, id: 'risk-tier', text: `${TIER_TEXT[p.risk_tier]} risk` });
     const out = [
       el('div', { class: 'risk' }, el('span', { class: 'number', id: 'risk-value', text: pct(p.risk) }), tier),
-      el('p', { text: `Estimated chance of readmission within 30 days. The high tier starts at ${pct(p.threshold)} (the top 20% of training patients).` }),
+      el('p', { text: `Estimated chance of readmission within 30 days. The high tier starts at ${pct(p.threshold)}.` }),
     ];
     if (p.top_factors && p.top_factors.length) {
       out.push(factorTable(p.top_factors));
