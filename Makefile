@@ -10,10 +10,13 @@ export READMIT_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export READMIT_HOME ?= $(abspath .readmit)
 export MPLBACKEND := Agg
 
-.PHONY: setup tools validate-asl demo test lint clean docs build-ApiFunction lambda-size build-StartTrainingFunction \
+.PHONY: setup tools browser validate-asl demo test lint clean docs build-ApiFunction lambda-size build-StartTrainingFunction \
 	build-CheckTrainingFunction build-PromoteFunction build-RejectFunction build-DriftMonitorFunction \
 	build-EmbedderFunction
 .DEFAULT_GOAL := demo
+# `make demo` ends by serving the API and the clinician page in the foreground (DEMO_SERVE=0: it does not).
+DEMO_SERVE ?= 1
+DEMO_PORT ?= 8000
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,12 +57,15 @@ demo: setup
 	@echo
 	@echo "Model card: $$(ls -d $(READMIT_HOME)/bundles/*/ | tail -1)model_card.md"
 	@echo "Predictions: $(READMIT_HOME)/predictions.csv"
+	@echo "Clinician page: http://127.0.0.1:$(DEMO_PORT)/  (later: $(BIN)/readmit serve --port $(DEMO_PORT), then open it)"
+	@if [ "$(DEMO_SERVE)" = 1 ]; then echo "Serving the API and the page; Ctrl-C stops it (DEMO_SERVE=0 skips this step)."; \
+		$(BIN)/readmit serve --port $(DEMO_PORT); fi
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup tools lint
+test: setup tools browser lint
 	$(BIN)/pytest -q
 
 docs: setup
@@ -116,3 +122,13 @@ build-EmbedderFunction:
 	cp -r chalicelib "$(ARTIFACTS_DIR)/" && cp functions/embedder/app.py "$(ARTIFACTS_DIR)/app.py"
 	python3 -m pip install --quiet --no-warn-conflicts --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
 		--implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: $(EMBEDDER_DEPS)
+# Headless Chromium for the browser tests (tests/test_browser_e2e.py): Debian's package, driven by Playwright
+# (its own browser download is never used; sudo only when not root), and axe-core for their accessibility check.
+AXE_SPEC ?= axe-core@4
+AXE_JS := $(TOOLS)/axe/node_modules/axe-core/axe.min.js
+browser:
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+		chromium chromium-driver; }
+	@test -f $(AXE_JS) || { command -v npm >/dev/null || { echo "npm (Node.js 18+) is needed for $(AXE_SPEC)" >&2; exit 1; }; \
+		npm install --prefix $(TOOLS)/axe --no-audit --no-fund --loglevel=error $(AXE_SPEC); }

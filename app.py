@@ -33,7 +33,7 @@ def _request() -> Request:
 def _respond(response: Response) -> ChaliceResponse:
     telemetry.flush()
     headers = {"Content-Type": response.content_type, **response.headers}
-    return ChaliceResponse(body=response.text(), status_code=response.status, headers=headers)
+    return ChaliceResponse(body=response.payload(), status_code=response.status, headers=headers)
 
 
 @app.route("/predict", methods=["POST"], content_types=ANY)
@@ -74,3 +74,19 @@ def similar_patients() -> ChaliceResponse:
 @app.route("/chat", methods=["POST"], content_types=ANY)
 def chat() -> ChaliceResponse:
     return _respond(api().chat(_request()))
+
+
+# ---- clinician page and model card (issue #8) ------------------------------------------------------------------
+@app.route("/", methods=["GET"])
+def page() -> ChaliceResponse:
+    return _respond(api().page(_request()))
+
+
+@app.route("/model/card", methods=["GET"])
+def model_card() -> ChaliceResponse:
+    return _respond(api().model_card(_request()))
+
+
+@app.route("/model/plots/{name}", methods=["GET"])
+def model_plot(name: str) -> ChaliceResponse:
+    return _respond(api().model_plot(_request(), name))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import telemetry
+from . import card, telemetry
 from .api_models import (
     MAX_BATCH_BODY_BYTES,
     MAX_BODY_BYTES,
@@ -30,6 +30,7 @@ from .features import FEATURES
 from .history_store import open_history_store
 from .model_provider import DEFAULT_CHECK_INTERVAL, ModelProvider
 from .openapi import document
+from .page import clinician_page
 from .service import Predictor, cohort_error
 from .settings import ENV_MODEL, ENV_REGISTRY, registry_uri
 from .similar import Neighbours, SimilarPatients
@@ -49,6 +50,10 @@ class Response:
 
     def text(self) -> str:
         return self.body if isinstance(self.body, str) else json.dumps(self.body)
+
+    def payload(self) -> str | bytes:
+        """What goes on the wire: bytes (a PNG) as they are, anything else as text."""
+        return self.body if isinstance(self.body, bytes) else self.text()
 
 
 @dataclass
@@ -150,6 +155,7 @@ class ReadmitAPI:
                     "features": [{"name": f.name, "label": f.label, "sources": list(f.sources)} for f in FEATURES],
                     "data_sha256": meta["data"]["sha256"],
                     "code_version": meta["code_version"],
+                    "capacity": meta.get("capacity"),  # top-q% capture on the evaluation set; None if older
                     "swaps": self.provider.status.swaps,
                     "load_failures": self.provider.status.failures,
                 },
@@ -162,6 +168,35 @@ class ReadmitAPI:
 
     def openapi(self, request: Request) -> Response:
         return Response(200, document())
+
+    def page(self, request: Request) -> Response:
+        """The clinician page (HTML with its CSS and JS inlined; public, like /health)."""
+
+        def run(_r: Request) -> Response:
+            html, headers = clinician_page()
+            return Response(200, html, "text/html; charset=utf-8", dict(headers))
+
+        return self._handle("/", request, run)
+
+    def model_card(self, request: Request) -> Response:
+        def run(_r: Request) -> Response:
+            model = self.predictor.model()
+            body = {
+                "version": model.version,
+                "markdown": card.markdown(model.path),
+                "html": card.card_html(model.path),
+                "plots": list(card.PLOT_NAMES),
+            }
+            return Response(200, body)
+
+        return self._handle("/model/card", request, run)
+
+    def model_plot(self, request: Request, name: str) -> Response:
+        def run(_r: Request) -> Response:
+            png = card.plot(self.predictor.model().path, name)
+            return Response(200, png, "image/png", {"Cache-Control": "no-cache"})
+
+        return self._handle("/model/plots/{name}", request, run)
 
     # -- implementation ---------------------------------------------------------------------------
     def _predict(self, request: Request) -> Response:

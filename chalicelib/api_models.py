@@ -37,7 +37,8 @@ def _json_schema(col: Column) -> dict[str, Any]:
         schema = {"type": "string", "enum": [*col.allowed, *([MISSING] if col.nullable else [])]}
     elif col.kind == "code":
         assert col.codes is not None
-        schema = {"type": "integer", "enum": list(col.codes)}
+        # x-labels: what each code means (IDs_mapping.csv), so a form can show "3 · Transferred to SNF"
+        schema = {"type": "integer", "enum": list(col.codes), "x-labels": {str(k): v for k, v in col.codes.items()}}
     elif col.kind == "icd9":
         schema = {"type": "string", "pattern": ICD9_PATTERN.pattern + ("|^\\?$" if col.nullable else "")}
     else:

@@ -68,3 +68,10 @@ class NotReady(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__("model not ready", [Detail("model", message)], 503)
+
+
+class NotFound(ApiError):
+    """The named resource (a model-card file, a plot) does not exist for this model."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__("not found", [Detail(where, message)], 404)

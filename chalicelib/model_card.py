@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from .capacity import card_rows
+
 PLOTS = ("roc.png", "pr.png", "calibration.png", "importance.png")
 
 
@@ -100,6 +102,7 @@ def render(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
     ]
     if primary_name == "holdout":
         lines += ["### Grouped cross-validation (training patients)", "", *_metrics_table(metrics["cv"]["models"]), ""]
+    lines += card_rows(meta.get("capacity"))
     lines += [
         "## Subgroups (production model, same evaluation set)",
         "",

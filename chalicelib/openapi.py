@@ -17,6 +17,7 @@ from .api_models import (
     Prediction,
 )
 from .similar_models import ChatRequest, ChatResponse, SimilarRequest, SimilarResponse
+from .model_card import PLOTS
 
 MODELS: tuple[type[BaseModel], ...] = (
     Encounter,
@@ -39,6 +40,39 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
 
+
+# The example encounter (also the page's prefilled form and events/api_predict.json's body).
+EXAMPLE: dict[str, Any] = {
+    "encounter_id": 900001,
+    "patient_nbr": 800001,
+    "race": "Caucasian",
+    "gender": "Female",
+    "age": "[70-80)",
+    "weight": "?",
+    "admission_type_id": 1,
+    "discharge_disposition_id": 3,
+    "admission_source_id": 7,
+    "time_in_hospital": 6,
+    "payer_code": "MC",
+    "medical_specialty": "InternalMedicine",
+    "num_lab_procedures": 59,
+    "num_procedures": 1,
+    "num_medications": 18,
+    "number_outpatient": 0,
+    "number_emergency": 1,
+    "number_inpatient": 2,
+    "diag_1": "428",
+    "diag_2": "250.02",
+    "diag_3": "403",
+    "number_diagnoses": 9,
+    "max_glu_serum": "None",
+    "A1Cresult": ">8",
+    "metformin": "No",
+    "insulin": "Up",
+    "glipizide": "Steady",
+    "change": "Ch",
+    "diabetesMed": "Yes",
+}
 
 ERRORS = {
     "400": _json(ErrorResponse, "Malformed JSON or bad query parameter"),
@@ -63,6 +97,40 @@ RECORD = {
 }
 
 
+NOT_FOUND = _json(ErrorResponse, "Not part of the current model's bundle")
+WEB_PATHS: dict[str, Any] = {
+    "/": {
+        "get": {
+            "summary": "The clinician page (HTML, CSS and JavaScript in one document; no API key needed)",
+            "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/model/card": {
+        "get": {
+            "summary": "The champion's model card: Markdown, the same rendered as HTML, and its plot names",
+            "responses": {
+                "200": {"description": "Model card", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "404": NOT_FOUND,
+                "503": ERRORS["503"],
+            },
+        }
+    },
+    "/model/plots/{name}": {
+        "get": {
+            "summary": "One of the model card's plots (send Accept: image/png)",
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": list(PLOTS)}}
+            ],
+            "responses": {
+                "200": {"description": "PNG", "content": {"image/png": {"schema": {"type": "string"}}}},
+                "404": NOT_FOUND,
+                "503": ERRORS["503"],
+            },
+        }
+    },
+}
+
+
 def document(version: str = "1") -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation") for m in MODELS], ref_template="#/components/schemas/{model}")
     return {
@@ -77,7 +145,10 @@ def document(version: str = "1") -> dict[str, Any]:
                 "post": {
                     "summary": "Score one encounter",
                     "parameters": [EXPLAIN, RECORD],
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(Encounter)}}},
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref(Encounter), "example": EXAMPLE}},
+                    },
                     "responses": {"200": _json(Prediction, "Calibrated risk, tier and top factors"), **ERRORS},
                 }
             },
@@ -140,6 +211,7 @@ def document(version: str = "1") -> dict[str, Any]:
             "/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
             },
+            **WEB_PATHS,
         },
         "components": {"schemas": defs["$defs"]},
     }

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from . import calibration, drift, evaluation, model_card
+from . import calibration, capacity, drift, evaluation, model_card
 from .bundle import dmatrix, write_bundle
 from .dataset import content_sha256
 from .features import FEATURE_NAMES, FEATURES, encode, history_in_file
@@ -286,6 +286,7 @@ def train(
         "holdout_frac": cfg.holdout_frac,
         "evaluation": evaluation_name,
         "summary": {k: primary[k] for k in ("n", "roc_auc", "pr_auc", "brier", "ece", "precision", "recall", "f1")},
+        "capacity": capacity.capture_curve(eval_y, eval_risk, evaluation_name),
         "data": {
             "sha256": data_sha,
             "rows": table.n_rows,

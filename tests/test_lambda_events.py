@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ EXPECTED = {
     "api_similar_patients_invalid.json": 422,
     "api_chat.json": 200,
     "api_chat_invalid.json": 422,
+    "api_page.json": 200,
+    "api_model_card.json": 200,
+    "api_model_plot.json": 200,
+    "api_model_plot_unknown.json": 404,
 }
 
 
@@ -84,3 +89,16 @@ def test_the_invalid_fixture_names_all_three_bad_fields(handler: Any) -> None:
 def test_the_batch_fixture_reports_the_bad_item_and_scores_the_rest(handler: Any) -> None:
     _, body = invoke(handler, "api_predict_batch.json")
     assert body["scored"] == 2 and body["results"][1]["details"][0]["field"] == "encounters[1].gender"
+
+
+def test_the_page_fixture_gets_html_with_a_content_security_policy(handler: Any) -> None:
+    response = handler(json.loads((EVENTS / "api_page.json").read_text()), Context())
+    assert response["statusCode"] == 200 and response["headers"]["Content-Type"].startswith("text/html")
+    assert "script-src 'sha256-" in response["headers"]["Content-Security-Policy"]
+    assert "<form" in response["body"] and not response.get("isBase64Encoded")
+
+
+def test_the_plot_fixture_returns_a_base64_png_as_api_gateway_expects(handler: Any) -> None:
+    response = handler(json.loads((EVENTS / "api_model_plot.json").read_text()), Context())
+    assert response["statusCode"] == 200 and response["isBase64Encoded"] is True
+    assert base64.b64decode(response["body"]).startswith(b"\x89PNG\r\n")

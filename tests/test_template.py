@@ -60,7 +60,7 @@ def test_the_api_handler_resolves_to_a_callable(template: dict[str, Any]) -> Non
     assert callable(getattr(importlib.import_module(module), attr))
 
 
-def test_health_and_openapi_are_public_and_everything_else_needs_a_key(template: dict[str, Any]) -> None:
+def test_health_openapi_and_the_page_are_public_and_everything_else_needs_a_key(template: dict[str, Any]) -> None:
     api = template["Resources"]["Api"]["Properties"]
     assert api["Auth"]["ApiKeyRequired"] is True
     events = template["Resources"]["ApiFunction"]["Properties"]["Events"]
@@ -69,7 +69,7 @@ def test_health_and_openapi_are_public_and_everything_else_needs_a_key(template:
         for e in events.values()
         if e["Properties"].get("Auth", {}).get("ApiKeyRequired") is False
     }
-    assert public == {"/health", "/openapi.json"}
+    assert public == {"/health", "/openapi.json", "/"}  # "/" is the clinician page; its calls send the key
 
 
 def test_buckets_are_encrypted_private_and_tls_only(template: dict[str, Any]) -> None:
