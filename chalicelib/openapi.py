@@ -16,8 +16,8 @@ from .api_models import (
     Health,
     Prediction,
 )
-from .similar_models import ChatRequest, ChatResponse, SimilarRequest, SimilarResponse
 from .model_card import PLOTS
+from .similar_models import ChatRequest, ChatResponse, SimilarRequest, SimilarResponse
 
 MODELS: tuple[type[BaseModel], ...] = (
     Encounter,
