@@ -39,7 +39,8 @@ def test_cfn_lint_reports_nothing() -> None:
 
     env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
     cfn_lint = Path(sys.executable).parent / "cfn-lint"
-    done = subprocess.run([str(cfn_lint), str(TEMPLATE)], capture_output=True, text=True, env=env)
+    bootstrap = sorted(str(p) for p in (ROOT / "deploy" / "aws").glob("*.yaml"))  # the OIDC/deploy-role template
+    done = subprocess.run([str(cfn_lint), str(TEMPLATE), *bootstrap], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -69,14 +70,19 @@ def test_buckets_are_encrypted_private_and_tls_only(template: dict[str, Any]) ->
     resources = template["Resources"]
     buckets = [k for k, v in resources.items() if v["Type"] == "AWS::S3::Bucket"]
     policies = {v["Properties"]["Bucket"]["Ref"]: v for v in resources.values() if v["Type"] == "AWS::S3::BucketPolicy"}
+    log_destinations = {
+        v["Properties"]["LoggingConfiguration"]["DestinationBucketName"]["Ref"]
+        for v in resources.values()
+        if "LoggingConfiguration" in v.get("Properties", {})
+    }
     for name in buckets:
         props = resources[name]["Properties"]
-        assert (
-            props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"][
-                "SSEAlgorithm"
-            ]
-            == "aws:kms"
-        )
+        algorithm = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"][
+            "SSEAlgorithm"
+        ]
+        # S3 server access logs can only be delivered to an SSE-S3 bucket; every other bucket uses the KMS key
+        assert algorithm == ("AES256" if name in log_destinations else "aws:kms"), name
+        assert name in log_destinations or props["LoggingConfiguration"]["DestinationBucketName"]["Ref"], name
         assert all(props["PublicAccessBlockConfiguration"].values())
         statement = policies[name]["Properties"]["PolicyDocument"]["Statement"][0]
         assert statement["Effect"] == "Deny" and statement["Condition"]["Bool"]["aws:SecureTransport"] is False
