@@ -75,7 +75,8 @@ def test_the_handler_module_invoked_here_is_the_one_the_build_packages(logical_i
         dockerfile = ROOT / resource["Metadata"].get("DockerContext", ".") / resource["Metadata"]["Dockerfile"]
         assert re.search(rf"^COPY .*{re.escape(relative)}", dockerfile.read_text(), flags=re.MULTILINE), relative
     elif resource.get("Metadata", {}).get("BuildMethod") == "makefile":
-        assert relative in _recipe((ROOT / "Makefile").read_text(), f"build-{logical_id}"), relative
+        recipe = _recipe((ROOT / "Makefile").read_text(), f"build-{logical_id}")
+        assert re.search(rf"(?<![\w/]){re.escape(relative)}\b", recipe), f"build-{logical_id} does not copy {relative}"
 
 
 # ---- template resolution ---------------------------------------------------------------------------------------
