@@ -132,3 +132,34 @@ browser:
 		chromium chromium-driver; }
 	@test -f $(AXE_JS) || { command -v npm >/dev/null || { echo "npm (Node.js 18+) is needed for $(AXE_SPEC)" >&2; exit 1; }; \
 		npm install --prefix $(TOOLS)/axe --no-audit --no-fund --loglevel=error $(AXE_SPEC); }
+
+.PHONY: checkov sourcedir
+
+# checkov in its own venv under .tools/: checkov 3.3 pins boto3==1.35.49, which cannot sit beside aws-sam-cli's
+# boto3 pin in .venv (only an older checkov resolves there, and it downgrades urllib3 and packaging).
+CHECKOV_SPEC ?= checkov>=3.3
+CHECKOV := $(TOOLS)/checkov/bin/checkov
+CHECKOV_STAMP := $(TOOLS)/checkov/.installed-$(shell echo '$(CHECKOV_SPEC)' | sha1sum | cut -c1-12)
+
+$(CHECKOV_STAMP): | $(STAMP)
+	@rm -rf $(TOOLS)/checkov
+	$(BIN)/uv venv -q --python $(BIN)/python $(TOOLS)/checkov
+	$(BIN)/uv pip install -q --python $(TOOLS)/checkov/bin/python '$(CHECKOV_SPEC)'
+	@touch $@
+
+tools: $(CHECKOV_STAMP)
+
+# Zero failed checks; skips live in template.yaml's Metadata with their reasons (tests/test_security.py too).
+checkov: $(CHECKOV_STAMP)
+	$(CHECKOV) -f template.yaml --framework cloudformation --skip-download --compact --quiet
+
+# The SageMaker training job's code (script mode): chalicelib/ with its entry point, and the requirements the
+# framework container installs first. deploy.yml uploads it to s3://<ArtifactBucketName>/code/sourcedir.tar.gz.
+SOURCEDIR ?= build/sourcedir.tar.gz
+sourcedir:
+	rm -rf build/sourcedir && mkdir -p build/sourcedir "$(dir $(SOURCEDIR))"
+	cp -r chalicelib build/sourcedir/ && find build/sourcedir -name __pycache__ -prune -exec rm -rf {} +
+	$(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+		print("\n".join(p["dependencies"] + p["optional-dependencies"]["train"]))' > build/sourcedir/requirements.txt
+	tar -czf "$(SOURCEDIR)" -C build/sourcedir .
+	@echo "SageMaker source: $(SOURCEDIR)"

@@ -354,6 +354,58 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_invoke(args: argparse.Namespace) -> int:
+    """`sam local invoke` without Docker: the response JSON on stdout, START/END/REPORT lines on stderr."""
+    import os
+    import uuid
+
+    from . import local_invoke
+    from .sam_template import DevDependencyMissing, Template, TemplateError
+
+    template_path = Path(args.template or ("template.yaml" if Path("template.yaml").exists() else project_dir()))
+    template_path = template_path / "template.yaml" if template_path.is_dir() else template_path
+    try:
+        pairs = dict(_pairs(args.env, "--env"))
+        template = Template(template_path, parameters=dict(_pairs(args.parameter, "--parameter")))
+        logical_id = args.logical_id or (template.fixture_target(Path(args.event)) if args.event else None)
+        if not logical_id:
+            _err("readmit invoke: name the function (LogicalId), or pass a fixture that maps to one")
+            return 2
+        spec = template.function(logical_id)
+    except (DevDependencyMissing, TemplateError, ValueError) as exc:
+        _err(f"readmit invoke: {exc}")
+        return 2
+    event = json.loads(Path(args.event).read_text()) if args.event else {}
+    local = [f"{k} ({spec.unresolved[k]})" for k in spec.unresolved if k not in pairs and k not in os.environ]
+    if local:
+        _err(f"Left unset, so local defaults apply (--env NAME=VALUE to point them elsewhere): {', '.join(local)}")
+    request_id = str(uuid.uuid4())
+    _err(f"START RequestId: {request_id} Version: $LATEST")
+    started = time.perf_counter()
+    try:
+        result = local_invoke.invoke(spec, event, pairs, request_id=request_id)
+        text, status = json.dumps(result.response), 0
+    except Exception as exc:  # the runtime reports any unhandled error as a payload; so do we
+        text, status = json.dumps(local_invoke.error_payload(exc, request_id)), 1
+    duration = (time.perf_counter() - started) * 1000
+    _err(f"END RequestId: {request_id}")
+    _err(f"REPORT RequestId: {request_id}\tDuration: {duration:.2f} ms\tMemory Size: {spec.memory} MB")
+    if duration > spec.timeout * 1000:
+        _err(f"readmit invoke: took longer than the function's Timeout ({spec.timeout} s): Lambda would stop it")
+    print(text)
+    return status
+
+
+def _pairs(items: list[str] | None, flag: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{flag} takes NAME=VALUE, got {item!r}")
+        pairs.append((name, value))
+    return pairs
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="readmit", description="30-day readmission risk for diabetic patients.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -462,6 +514,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reason")
     s.add_argument("--registry")
     s.set_defaults(func=cmd_registry)
+
+    s = sub.add_parser("invoke", help="run a template.yaml function on an event here, without Docker")
+    s.add_argument("logical_id", nargs="?", help="e.g. ApiFunction (default: the function the --event maps to)")
+    s.add_argument("--event", "-e", help="event JSON file, e.g. events/api_health.json (default: {})")
+    s.add_argument("--env", action="append", metavar="NAME=VALUE", help="set an environment variable (repeatable)")
+    s.add_argument("--parameter", action="append", metavar="NAME=VALUE", help="override a template parameter")
+    s.add_argument("--template", help="template.yaml (default: ./template.yaml, else the project's)")
+    s.set_defaults(func=cmd_invoke)
     return p
 
 

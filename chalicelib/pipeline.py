@@ -41,7 +41,7 @@ def start_training(event: dict[str, Any], jobs: TrainingJobs | None = None) -> d
 
 
 def check_training(event: dict[str, Any], jobs: TrainingJobs | None = None) -> dict[str, Any]:
-    jobs = jobs or TrainingJobs(TrainingSettings.from_env())
+    jobs = jobs or TrainingJobs()  # polling needs no training settings (the step has none in template.yaml)
     return jobs.status(event["training"]["job_name"])
 
 

@@ -50,7 +50,9 @@ def job_name(execution_name: str, trigger: str) -> str:
 
 
 class TrainingJobs:
-    def __init__(self, settings: TrainingSettings, client: Any = None) -> None:
+    """Starts jobs (which needs the settings) and reports their status (which does not)."""
+
+    def __init__(self, settings: TrainingSettings | None = None, client: Any = None) -> None:
         self.settings = settings
         self._client = client
 
@@ -63,7 +65,7 @@ class TrainingJobs:
         return self._client
 
     def start(self, name: str, data_uri: str, hyperparameters: Mapping[str, Any]) -> str:
-        s = self.settings
+        s = self.settings or TrainingSettings.from_env()
         self.client.create_training_job(
             TrainingJobName=name,
             AlgorithmSpecification={"TrainingImage": s.image_uri, "TrainingInputMode": "File"},

@@ -95,3 +95,29 @@ def sample_index(sample_table, tmp_path_factory: pytest.TempPathFactory) -> Path
             NumpyStore(folder),
         )
     return folder
+
+@pytest.fixture(scope="session")
+def model_tarball(sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """model.tar.gz exactly as SageMaker packs SM_MODEL_DIR after our entry point (sagemaker_train) ran."""
+    import io
+    import json
+    import tarfile
+
+    from chalicelib import sagemaker_train
+
+    tmp = tmp_path_factory.mktemp("sm")
+    (tmp / "train").mkdir()
+    (tmp / "train" / "data.csv").write_bytes(sample_csv.read_bytes())
+    hps = {"n_estimators": 40, "folds": 3, "baselines": "false", "holdout_frac": 0.2}
+    env = {
+        "SM_CHANNEL_TRAIN": str(tmp / "train"),
+        "SM_MODEL_DIR": str(tmp / "model"),
+        "SM_OUTPUT_DATA_DIR": str(tmp / "out"),
+        "SM_HPS": json.dumps(hps),
+    }
+    sagemaker_train.main(env)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for item in sorted((tmp / "model").rglob("*")):
+            tar.add(item, arcname=str(item.relative_to(tmp / "model")))
+    return buf.getvalue()

@@ -12,6 +12,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from tests.replay import template as sam_template
 from tests.test_template import CfnLoader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,8 +80,9 @@ def test_the_rule_hands_the_state_machine_a_valid_drift_execution_input() -> Non
     template = yaml.load((ROOT / "template.yaml").read_text(), Loader=CfnLoader)
     rule = template["Resources"]["RetrainStateMachine"]["Properties"]["Events"]["DriftAlarm"]["Properties"]
     text = rule["Input"]["Sub"].replace("${DataBucket}", "data").replace("${ModelBucket}", "models")
-    run = RetrainInput.model_validate(json.loads(text))
+    run = RetrainInput.model_validate(json.loads(sam_template().resolve({"Sub": text})))  # parameters: their defaults
     assert run.trigger == "drift" and run.data_uri == "s3://data/training/diabetic_data.csv"
+    assert run.gate == {"min_auc": 0.65, "max_auc_drop": 0.005, "max_ece": 0.02}
 
 
 def test_the_alarm_returning_to_ok_starts_nothing(bus: tuple[Any, Any, str]) -> None:

@@ -10,7 +10,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from chalicelib import monitor
+from chalicelib import monitor, settings
 from chalicelib.audit import open_prediction_log
 from chalicelib.registry import Registry
 
@@ -22,8 +22,8 @@ metrics = Metrics(namespace="Readmit", service="readmit")
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     result = monitor.run(
-        Registry.open(os.environ["READMIT_REGISTRY"]),
-        open_prediction_log(os.environ["READMIT_PREDICTION_LOG"]),
+        Registry.open(settings.registry_uri()),  # on AWS both come from the environment; locally, the defaults
+        open_prediction_log(),
         window=timedelta(hours=float(os.environ.get("READMIT_DRIFT_WINDOW_HOURS", "24"))),
         outcomes_uri=os.environ.get("READMIT_OUTCOMES_URI") or None,
     )
