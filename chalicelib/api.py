@@ -35,7 +35,7 @@ from .service import Predictor, cohort_error
 from .settings import ENV_MODEL, ENV_REGISTRY, registry_uri
 from .similar import Neighbours, SimilarPatients
 from .similar_models import IndexNotReady, parse_chat, parse_similar
-from .vectors import DimensionMismatch, IndexMissing
+from .vectors import DimensionMismatch, IndexMissing, StoreNotConfigured
 
 ENV_CHECK_INTERVAL = "READMIT_CHECK_INTERVAL"
 log = telemetry.logger
@@ -247,9 +247,11 @@ class ReadmitAPI:
     def _similar_patients(self, request: Request) -> Response:
         _require_json(request)
         envelope, record = parse_similar(parse_json(request.body, MAX_BODY_BYTES))
+        from .embedding import EmbeddingError  # with the store: loaded on the first similar-patients request
+
         try:
             found = self.similar.find(record, envelope.k, envelope.filters.same_age_band)
-        except (IndexMissing, DimensionMismatch) as exc:
+        except (IndexMissing, DimensionMismatch, StoreNotConfigured, EmbeddingError) as exc:
             raise IndexNotReady(str(exc)) from None
         body = {
             "neighbours": found.neighbours,

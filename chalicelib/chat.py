@@ -212,6 +212,9 @@ class Explainer:
         except ChatUnavailable as exc:
             telemetry.logger.warning("chat fallback", extra={"reason": exc.reason, "detail": str(exc)})
             return Answer(template_answer(facts), "template", exc.reason)
+        except Exception as exc:  # anything else from the client (an unknown shape, a stubbed service): still answer
+            telemetry.logger.warning("chat fallback", extra={"reason": "error", "error_type": type(exc).__name__})
+            return Answer(template_answer(facts), "template", "error")
         if named := ungrounded(text, facts.factors):
             telemetry.logger.warning("chat fallback", extra={"reason": "ungrounded", "labels": named})
             return Answer(template_answer(facts), "template", "ungrounded")

@@ -36,6 +36,10 @@ class IndexMissing(VectorStoreError):
     """Nothing has been indexed yet (run `readmit index`, or upload encounters to the data bucket)."""
 
 
+class StoreNotConfigured(VectorStoreError, ValueError):
+    """The environment names no usable vector store (unknown name, or a server URL missing)."""
+
+
 class DimensionMismatch(VectorStoreError):
     """The index was built with vectors of another dimension (another embedder): rebuild it."""
 
@@ -90,8 +94,9 @@ def open_vector_store(name: str | None = None, env: Mapping[str, str] = os.envir
         from .qdrant_store import QdrantStore, qdrant_client
 
         url, path = env.get(settings.ENV_QDRANT_URL), env.get(settings.ENV_QDRANT_PATH)
-        if not url and env.get("AWS_LAMBDA_FUNCTION_NAME"):  # embedded mode in a Lambda: an index per container
-            raise ValueError(f"on Lambda the qdrant store needs ${settings.ENV_QDRANT_URL} (the EKS service)")
+        # Embedded mode in a deployed Lambda would mean an index per container (sam/readmit invoke run locally).
+        if not url and env.get("AWS_LAMBDA_FUNCTION_NAME") and env.get("AWS_SAM_LOCAL") != "true":
+            raise StoreNotConfigured(f"on Lambda the qdrant store needs ${settings.ENV_QDRANT_URL} (the EKS service)")
         client = qdrant_client(url=url, path=path, api_key=env.get(settings.ENV_QDRANT_API_KEY))
         return QdrantStore(client, collection)
     if name == "opensearch":
@@ -99,6 +104,6 @@ def open_vector_store(name: str | None = None, env: Mapping[str, str] = os.envir
 
         url = env.get(settings.ENV_OPENSEARCH_URL)
         if not url:
-            raise ValueError(f"the opensearch store needs ${settings.ENV_OPENSEARCH_URL}")
+            raise StoreNotConfigured(f"the opensearch store needs ${settings.ENV_OPENSEARCH_URL}")
         return OpenSearchStore(opensearch_client(url), collection)
-    raise ValueError(f"unknown vector store {name!r}; use numpy, qdrant or opensearch")
+    raise StoreNotConfigured(f"unknown vector store {name!r}; use numpy, qdrant or opensearch")

@@ -96,6 +96,7 @@ def sample_index(sample_table, tmp_path_factory: pytest.TempPathFactory) -> Path
         )
     return folder
 
+
 @pytest.fixture(scope="session")
 def model_tarball(sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """model.tar.gz exactly as SageMaker packs SM_MODEL_DIR after our entry point (sagemaker_train) ran."""
