@@ -69,35 +69,36 @@ class RowValidator:
         self.columns = tuple(columns)
         self.has_patient = "patient_nbr" in columns
         index = {name: i for i, name in enumerate(columns)}
-        self._checks = [(col, index[col.name]) for col in COLUMNS if col.name in index]
-        self._cache: dict[str, dict[str, tuple[Any, str | None]]] = {c.name: {} for c, _ in self._checks}
+        # (column, position, cache of parsed values); ids are all distinct, so they are parsed uncached
+        self._plan = [(c, index[c.name], None if c.kind == "id" else {}) for c in COLUMNS if c.name in index]
 
-    def _parse(self, col: Any, value: str) -> tuple[Any, str | None]:
-        if col.kind == "id":  # every value distinct: caching would only grow
-            return parse_value(col, value)
-        cache = self._cache[col.name]
-        hit = cache.get(value)
-        if hit is None:
-            hit = cache[value] = parse_value(col, value)
-            if hit[1] is not None and col.name == TARGET and _is_missing(value):
-                hit = cache[value] = (None, None)  # an unlabelled row is fine for scoring
+    @staticmethod
+    def _parse(col: Any, value: str, cache: dict[str, tuple[Any, str | None]] | None) -> tuple[Any, str | None]:
+        hit = parse_value(col, value)
+        if hit[1] is not None and col.name == TARGET and _is_missing(value):
+            hit = (None, None)  # an unlabelled row is fine for scoring
+        if cache is not None:
+            cache[value] = hit
         return hit
 
     def parse(self, fields: Sequence[str]) -> tuple[dict[str, Any] | None, str | None]:
         """(record, None) or (None, reason): every field error, in schema order, as tabular.read_table says it."""
-        if not any(f.strip() for f in fields):
-            return None, "blank line"
         if len(fields) != len(self.columns):
+            if not any(f.strip() for f in fields):
+                return None, "blank line"
             return None, f"{len(fields)} fields where the header has {len(self.columns)}"
         record: dict[str, Any] = {"patient_nbr": None, TARGET: None}
-        problems = []
-        for col, i in self._checks:
-            value, problem = self._parse(col, fields[i])
-            if problem is not None:
-                problems.append(f"{col.name} {problem}")
-            record[col.name] = value
+        problems = None
+        for col, i, cache in self._plan:
+            value = fields[i]
+            hit = cache.get(value) if cache is not None else None
+            if hit is None:
+                hit = self._parse(col, value, cache)
+            if hit[1] is not None:
+                problems = [*(problems or []), f"{col.name} {hit[1]}"]
+            record[col.name] = hit[0]
         if problems:
-            return None, "; ".join(problems)
+            return None, "blank line" if not any(f.strip() for f in fields) else "; ".join(problems)
         return record, None
 
 
