@@ -219,8 +219,8 @@ def main() -> None:
     cold_s = cold["import_s"] + cold["load_s"]
     print(
         f"\n{n_rows:,}-row estimate at MaxConcurrency {args.concurrency} ({n_batches:,} batches of "
-        f"{batch_job.BATCH_ROWS:,}, {waves} waves); S3 at {S3_MB_PER_S:.0f} MB/s, {CHILD_START_S} s per child "
-        f"start and the cold start ({cold_s:.1f} s, once per container) are assumptions, the rest is measured:"
+        f"{batch_job.BATCH_ROWS:,}, {waves} waves). Assumed: S3 at {S3_MB_PER_S:.0f} MB/s, {CHILD_START_S} s per "
+        f"child start, one cold start ({cold_s:.1f} s as measured above) per wave-1 container; the rest is measured:"
     )
     cpu_p50, cpu_p95 = statistics.median(cpu_times), percentile(cpu_times, 95)
     for label, prep, batch, batch95, merged in (
