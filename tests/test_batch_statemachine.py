@@ -356,7 +356,11 @@ def test_uploads_to_incoming_reach_the_state_machine_through_eventbridge_with_a_
     }
     assert rule["Properties"]["DeadLetterConfig"] == {"Arn": {"GetAtt": "BatchTriggerDeadLetterQueue.Arn"}}
     queue = resources["BatchTriggerDeadLetterQueue"]["Properties"]
-    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["KmsMasterKeyId"] == {"Ref": "BatchTriggerQueueKey"}
+    key_policy = resources["BatchTriggerQueueKey"]["Properties"]["KeyPolicy"]["Statement"]
+    assert [s["Principal"] for s in key_policy if s["Sid"] == "EventBridgeDeadLetters"] == [
+        {"Service": "events.amazonaws.com"}
+    ]
     # intermediate copies expire; scored files stay
     rules = {r["Prefix"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
     assert set(rules) == {"work/", "results/"} and all(r["ExpirationInDays"] == 7 for r in rules.values())
