@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from . import settings as app_settings
 from .audit import PredictionLog, open_prediction_log
+from .batch_events import RESULTS, BatchJob, MapBatch, MergeInput
 from .batch_output import OUTPUT_COLUMNS, STATUSES, Summary, from_csv, merge, score_rows, to_csv
 from .batch_rows import Item, RowValidator, from_items, write_items
 from .batch_rows import prepare as prepare_items
@@ -44,7 +45,6 @@ from .telemetry import logger
 
 ENV_CAPACITY_PERCENT = "READMIT_BATCH_CAPACITY_PCT"  # the care team's capacity: the top q% of a list
 ENV_KMS_KEY = "READMIT_BATCH_KMS_KEY"  # the KMS key scored files are written with (else the bucket's default)
-INCOMING, WORK, RESULTS, SCORED = "incoming/", "work/", "results/", "scored/"
 BATCH_ROWS = 1000  # = ItemBatcher.MaxItemsPerBatch in the state machine
 DEFAULT_CAPACITY_PERCENT = 10.0
 _FETCH_THREADS = 16
@@ -64,89 +64,6 @@ class InvalidEvent(BatchRunError):
 
 class ModelVersionMismatch(BatchRunError):
     """The model found is not the version the run pinned."""
-
-
-# ---- events -----------------------------------------------------------------------------------------------------
-class BatchJob(BaseModel):
-    """One uploaded file: the state machine's ``Job`` state builds it from the S3 event."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    bucket: str = Field(min_length=3, max_length=63)
-    key: str = Field(min_length=len(INCOMING) + 1, max_length=1024)
-    size: int | None = Field(default=None, ge=0)
-    run_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,80}$")
-
-    @field_validator("key")
-    @classmethod
-    def _incoming(cls, key: str) -> str:
-        if not key.startswith(INCOMING) or key.endswith("/") or ".." in key.split("/"):
-            raise ValueError(f"must name a file under {INCOMING}")
-        return key
-
-    @property
-    def name(self) -> str:
-        name = self.key[len(INCOMING) :]
-        return name[: -len(".csv")] if name.lower().endswith(".csv") else name
-
-    @property
-    def scored_key(self) -> str:
-        return f"{SCORED}{self.name}.csv"
-
-    @property
-    def summary_key(self) -> str:
-        return f"{SCORED}{self.name}.summary.json"
-
-    @property
-    def items_key(self) -> str:
-        return f"{WORK}{self.run_id}/items.csv"
-
-    @property
-    def parts_prefix(self) -> str:
-        return f"{RESULTS}{self.run_id}/parts/"
-
-    @classmethod
-    def from_event(cls, event: dict[str, Any]) -> BatchJob:
-        """A job, or the S3 "Object Created" event itself (EventBridge), whose id then names the run."""
-        if "detail-type" not in event:
-            return cls.model_validate(event)
-        from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEventBridgeModel
-
-        s3 = S3EventNotificationEventBridgeModel.model_validate(event)
-        size = s3.detail.object.size
-        return cls(
-            bucket=s3.detail.bucket.name,
-            key=s3.detail.object.key,
-            size=None if size is None else int(size),
-            run_id=str(event["id"]),
-        )
-
-
-class BatchInput(BaseModel):
-    """What every batch of a run shares (the Distributed Map's ItemBatcher.BatchInput)."""
-
-    run_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,80}$")
-    bucket: str = Field(min_length=3, max_length=63)
-    model_version: str = Field(min_length=1)
-    columns: list[str] = Field(min_length=1)
-
-
-class MapBatch(BaseModel):
-    """One Distributed Map batch: rows prepared by ``prepare`` as {"line", "hist", "row"} strings."""
-
-    Items: list[dict[str, str]] = Field(min_length=1, max_length=10_000)
-    BatchInput: BatchInput
-
-
-class Prepared(BaseModel):
-    items_key: str
-    rows: int = Field(ge=0)
-    columns: list[str]
-    model_version: str
-
-
-class MergeInput(BatchJob):
-    prepared: Prepared
 
 
 # ---- settings and models ---------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import yaml
 from moto import mock_aws
 
 from chalicelib import batch_job
+from chalicelib.batch_events import BatchInput
 from tests.test_statemachine import (
     BATCH_SUBSTITUTIONS,
     LAMBDA_TRANSIENT,
@@ -114,7 +115,7 @@ def test_the_map_reads_the_prepared_csv_in_batches_that_fit_a_step_functions_pay
     batcher = fanout["ItemBatcher"]
     assert batcher["MaxItemsPerBatch"] == batch_job.BATCH_ROWS
     assert batcher["MaxInputBytesPerBatch"] == 262_144
-    assert set(batcher["BatchInput"]) == {f"{field}.$" for field in batch_job.BatchInput.model_fields}
+    assert set(batcher["BatchInput"]) == {f"{field}.$" for field in BatchInput.model_fields}
     assert fanout["MaxConcurrencyPath"] == "$.settings.max_concurrency"
     assert "ToleratedFailurePercentage" not in fanout and "ToleratedFailureCount" not in fanout  # default: none
     writer = fanout["ResultWriter"]
