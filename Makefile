@@ -163,3 +163,21 @@ sourcedir:
 		print("\n".join(p["dependencies"] + p["optional-dependencies"]["train"]))' > build/sourcedir/requirements.txt
 	tar -czf "$(SOURCEDIR)" -C build/sourcedir .
 	@echo "SageMaker source: $(SOURCEDIR)"
+
+# Batch scoring (issue #9): chalicelib + the step's handler as app.py + the serving dependencies (no pandas, no
+# scikit-learn), with Powertools' tracer for chalicelib.lambda_step; boto3 and botocore come with the runtime.
+.PHONY: build-BatchScoreFunction build-BatchPrepareFunction build-BatchMergeFunction
+define batch_function
+	cp -r chalicelib "$(ARTIFACTS_DIR)/" && cp functions/$(1)/app.py "$(ARTIFACTS_DIR)/app.py"
+	python3 -m pip install --quiet --no-warn-conflicts --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
+		--implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: $(SERVING_DEPS) \
+		"aws-lambda-powertools[tracer]"
+	cd "$(ARTIFACTS_DIR)" && rm -rf bin scipy/*/tests scipy/*/*/tests botocore* jmespath* urllib3* dateutil \
+		python_dateutil* six* && find . -name __pycache__ -prune -exec rm -rf {} +
+endef
+build-BatchScoreFunction:
+	$(call batch_function,batch_score)
+build-BatchPrepareFunction:
+	$(call batch_function,batch_prepare)
+build-BatchMergeFunction:
+	$(call batch_function,batch_merge)

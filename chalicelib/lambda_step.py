@@ -12,11 +12,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 SERVICE = "readmit-retrain"
 
 
-def step(fn: Callable[[dict[str, Any]], dict[str, Any]], *, count_as: str | None = None) -> Callable[..., Any]:
+def step(
+    fn: Callable[[dict[str, Any]], dict[str, Any]], *, count_as: str | None = None, service: str = SERVICE
+) -> Callable[..., Any]:
     """The handler for ``fn``; ``count_as`` names a Count metric emitted once per successful call."""
-    logger = Logger(service=SERVICE)
-    metrics = Metrics(namespace="Readmit", service=SERVICE)
-    tracer = Tracer(service=SERVICE)
+    logger = Logger(service=service)
+    metrics = Metrics(namespace="Readmit", service=service)
+    tracer = Tracer(service=service)
 
     @logger.inject_lambda_context(log_event=False)
     @metrics.log_metrics

@@ -47,6 +47,18 @@ REALISTIC_ARNS = {
     },
     "NotificationTopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:readmit-retraining",
 }
+# statemachines/batch_score.asl.json's substitutions (its own tests: tests/test_batch_statemachine.py).
+BATCH_SUBSTITUTIONS = {
+    **{
+        f"Batch{step}FunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:readmit-batch-{step.lower()}"
+        for step in ("Score", "Prepare", "Merge")
+    },
+    "BatchNotificationTopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:readmit-batch",
+    "DataBucketName": "readmit-data-dev",
+    "BatchSmallFileMaxBytes": "5000000",
+    "BatchMaxConcurrency": "100",
+}
+REALISTIC_ARNS |= BATCH_SUBSTITUTIONS
 LAMBDA_TRANSIENT = {
     "Lambda.ServiceException",
     "Lambda.AWSLambdaException",
