@@ -346,7 +346,7 @@ def test_uploads_to_incoming_reach_the_state_machine_through_eventbridge_with_a_
 ) -> None:
     resources = template["Resources"]
     bucket = resources["DataBucket"]["Properties"]
-    assert bucket["NotificationConfiguration"] == {"EventBridgeConfiguration": {"EventBridgeEnabled": True}}
+    assert bucket["NotificationConfiguration"]["EventBridgeConfiguration"] == {"EventBridgeEnabled": True}
     rule = resources["BatchScoreStateMachine"]["Properties"]["Events"]["IncomingFile"]
     assert rule["Type"] == "EventBridgeRule"
     pattern = rule["Properties"]["Pattern"]

@@ -21,6 +21,7 @@ from chalicelib.local_invoke import load_handler, module_file
 from chalicelib.registry import Registry
 from chalicelib.sam_template import FUNCTION_TYPES, DevDependencyMissing, Resolver, Template, Unresolved
 from tests.replay import EVENTS, ROOT, fixture, proxy, retrain_world, rules_starting, run, starts, template
+from tests.test_batch_job import aws  # noqa: F401  (the moto buckets the batch fixtures name)
 from tests.test_embedder_function import world  # noqa: F401  (the moto world the SQS fixtures name)
 
 FIXTURES = sorted(p.name for p in EVENTS.glob("*.json"))
@@ -247,6 +248,35 @@ def check_embedder(name: str, out: dict[str, Any]) -> None:
         assert not out["batchItemFailures"]
 
 
+PLACEHOLDER_VERSION = "20261126T020000Z-0123abcd"  # the version the batch fixtures pin
+
+
+@contextmanager
+def batch_scoring(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """moto buckets (tests/test_batch_job.py) with the fixtures' discharge list uploaded, the fixtures' model
+    version as champion, and the Distributed Map's parts of the fixtures' run written (what Merge reads)."""
+    from tests.test_batch_job import MODELS, _simulate_distributed_map, fixture_file
+
+    buckets = request.getfixturevalue("aws")
+    registry = Registry.open(f"s3://{MODELS}/registry", s3_client=buckets.s3)
+    registry.register(request.getfixturevalue("small_bundle"), version=PLACEHOLDER_VERSION)
+    registry.promote(PLACEHOLDER_VERSION, "the fixtures' champion")
+    job = fixture("batch_prepare_job.json")
+    buckets.put(job["key"], fixture_file())
+    prepared = run("BatchPrepareFunction", job)
+    _simulate_distributed_map(buckets, prepared, job["run_id"])
+    yield {}
+
+
+def check_batch(name: str, out: dict[str, Any]) -> None:
+    if name == "batch_score_map_batch.json":  # five rows, one with an impossible age
+        assert (out["rows"], out["scored"], out["invalid"]) == (5, 4, 1)
+    elif name == "batch_prepare_job.json":
+        assert out["rows"] == 5 and out["model_version"] == PLACEHOLDER_VERSION
+    else:  # the whole list scored (one Lambda, or merged from the parts): the notice names the scored file
+        assert out["scored_file"].endswith("scored/2026-11-27/discharges.csv") and out["rows"] == 5
+
+
 Scenario = Callable[[pytest.FixtureRequest], Any]
 RETRAINING_STEPS = ("StartTrainingFunction", "CheckTrainingFunction", "EvaluateFunction", "PromoteFunction")
 SCENARIOS: dict[str, tuple[Scenario, Callable[[str, Any], None]]] = {
@@ -254,6 +284,7 @@ SCENARIOS: dict[str, tuple[Scenario, Callable[[str, Any], None]]] = {
     "DriftMonitorFunction": (local_champion, check_drift_monitor),
     **{step: (retraining, check_retraining) for step in (*RETRAINING_STEPS, "RejectFunction")},
     "EmbedderFunction": (ingesting, check_embedder),
+    **{fn: (batch_scoring, check_batch) for fn in ("BatchScoreFunction", "BatchPrepareFunction", "BatchMergeFunction")},
 }
 
 
