@@ -67,12 +67,21 @@ def normalise(value: int | str) -> str:
 
 def installation_salt(path: Path | None = None) -> str:
     """The per-installation salt at ``path`` (default ``home()/id_salt``), created 0600 on first use."""
-    path = Path(path) if path is not None else settings.home() / SALT_FILE
+    if path is None:  # the hot path (every hashed id): skip building home() while $READMIT_HOME is unchanged
+        home = (os.environ.get(settings.ENV_HOME), os.getcwd())  # the default home is relative to the cwd
+        if (cached := _home_salt.get(home)) is not None:
+            return cached
+        _home_salt[home] = salt = installation_salt(settings.home() / SALT_FILE)
+        return salt
+    path = Path(path)
     with _salt_lock:
         cached = _salt_cache.get(path)
         if cached is None:
             cached = _salt_cache[path] = _read_or_create(path)
         return cached
+
+
+_home_salt: dict[tuple[str | None, str], str] = {}  # ($READMIT_HOME, cwd) → its installation salt
 
 
 def _read_or_create(path: Path) -> str:
