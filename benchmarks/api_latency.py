@@ -2,6 +2,8 @@
 cold start in a new process; batch-route throughput. Prints the figures.
 
     .venv/bin/python benchmarks/api_latency.py --model DIR   (default: the local registry's champion)
+    make lambda-size && .venv/bin/python benchmarks/api_latency.py --package build/lambda --python python3.12
+        (cold start from the Lambda package with the runtime's Python, as Lambda starts it: no pandas, no sklearn)
 
 Targets (issue #3): /predict with factors p50 ≤ 1 ms, p99 ≤ 3 ms over ≥ 2,000 calls; cold start ≤ 0.8 s;
 batch ≥ 5,000 encounters/s.
@@ -47,6 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", help="bundle folder (default: local champion)")
     parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--package", help="cold start from this build folder (make lambda-size) instead of the repo")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for the cold start (the runtime's)")
     args = parser.parse_args()
     home = tempfile.mkdtemp()
     os.environ.update(
@@ -62,11 +66,12 @@ def main() -> None:
     model_dir = str(bundle_path(args.model or os.environ.get("READMIT_REGISTRY") or ROOT / ".readmit" / "registry"))
     os.environ["READMIT_MODEL"] = model_dir
 
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONWARNINGS": "ignore"}
+    code_root = str(Path(args.package).resolve()) if args.package else str(ROOT)
     cold = [
         json.loads(
             subprocess.run(
-                [sys.executable, "-c", COLD.format(root=str(ROOT), event=str(EVENT))],
+                [args.python, "-c", COLD.format(root=code_root, event=str(EVENT))],
                 capture_output=True,
                 text=True,
                 env=env,
@@ -76,7 +81,7 @@ def main() -> None:
         for _ in range(3)
     ]
     print(
-        f"cold start (new process: import app, load champion, first /predict): "
+        f"cold start from {code_root} (new process: import app, load champion, first /predict): "
         f"{', '.join(format(c['cold_s'], '.2f') for c in cold)} s; pandas imported: {cold[0]['pandas']}, "
         f"scikit-learn imported: {cold[0]['sklearn']}"
     )
