@@ -78,7 +78,11 @@ clean:
 # serving dependencies only (no pandas, no scikit-learn), as Linux wheels. Chalice is needed only for its
 # runtime module (no botocore, click or yaml: boto3 comes with the Lambda runtime); test suites are dropped.
 LAMBDA_PYTHON ?= 3.12
-# The runtime's interpreter, to write the bytecode of what the API imports (deploy/lambda/compile_imports.py).
+define compile_bytecode
+	@if [ -n "$(LAMBDA_PYTHON_BIN)" ]; then "$(LAMBDA_PYTHON_BIN)" deploy/lambda/compile_imports.py "$(ARTIFACTS_DIR)"; \
+		else echo "note: no python$(LAMBDA_PYTHON) here, so no bytecode in the package (a slower cold start)"; fi
+endef
+# The runtime's interpreter, to write the bytecode of what a function imports (deploy/lambda/compile_imports.py).
 LAMBDA_PYTHON_BIN ?= $(firstword $(shell python$(LAMBDA_PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null) $(wildcard $(HOME)/.pyenv/versions/$(LAMBDA_PYTHON).*/bin/python))
 SERVING_DEPS = numpy xgboost-cpu scipy pydantic aws-lambda-powertools platformdirs prometheus-client
 VECTOR_DEPS = qdrant-client opensearch-py  # the API's similar-patient search (imported only when selected)
@@ -89,8 +93,7 @@ build-ApiFunction:
 	python3 -m pip install --quiet --no-warn-conflicts --no-deps --target "$(ARTIFACTS_DIR)" chalice
 	cd "$(ARTIFACTS_DIR)" && rm -rf bin chalice/cli chalice/deploy chalice/templates \
 		scipy/*/tests scipy/*/*/tests && find . -name __pycache__ -prune -exec rm -rf {} +
-	@if [ -n "$(LAMBDA_PYTHON_BIN)" ]; then "$(LAMBDA_PYTHON_BIN)" deploy/lambda/compile_imports.py "$(ARTIFACTS_DIR)"; \
-		else echo "note: no python$(LAMBDA_PYTHON) here, so no bytecode in the package (a slower cold start)"; fi
+	$(compile_bytecode)
 
 # Unzipped size of the API function package (Lambda's limit: 250 MB).
 lambda-size: setup
@@ -178,6 +181,7 @@ define batch_function
 		"aws-lambda-powertools[tracer]"
 	cd "$(ARTIFACTS_DIR)" && rm -rf bin scipy/*/tests scipy/*/*/tests botocore* jmespath* urllib3* dateutil \
 		python_dateutil* six* && find . -name __pycache__ -prune -exec rm -rf {} +
+	$(compile_bytecode)
 endef
 build-BatchScoreFunction:
 	$(call batch_function,batch_score)

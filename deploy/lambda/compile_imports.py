@@ -18,7 +18,10 @@ def main(folder: str) -> None:
     sys.dont_write_bytecode = False
     sys.path.insert(0, folder)
     warnings.simplefilter("ignore")
-    import app  # noqa: F401  (the handler module and everything it imports at load)
+    try:
+        import app  # noqa: F401  (the handler module and everything it imports at load)
+    except ImportError as exc:  # e.g. botocore, which the runtime provides and some packages leave out
+        print(f"note: app imports {exc.name}, provided only by the Lambda runtime; compiling the rest")
     import chalicelib
 
     for module in pkgutil.iter_modules(chalicelib.__path__):  # the modules routes import on first use
