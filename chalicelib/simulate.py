@@ -34,7 +34,7 @@ def shift_file(data: Path, out: Path, shift: str, rows: int = 5000, seed: int = 
         frame = pd.read_csv(fh, dtype=str, keep_default_na=False, na_filter=False)
     rng = np.random.default_rng(seed)
     # whole patients, so history features (earlier encounters in the same file) keep their distribution
-    patients = frame["patient_nbr"].unique()
+    patients = np.asarray(frame["patient_nbr"].unique(), dtype=object)  # a numpy array: shuffled in place, safely
     rng.shuffle(patients)
     per_patient = len(frame) / len(patients)
     chosen = patients[: max(1, int(rows / per_patient))]
