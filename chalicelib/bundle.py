@@ -31,6 +31,7 @@ TIERS = ("low", "medium", "high")
 # Below this many rows one thread is fastest (a thread pool costs more than the trees); above it, a batch
 # uses every core the function has (Lambda gives 2 vCPUs from 3,009 MB).
 PARALLEL_ROWS = 64
+CPUS = os.cpu_count() or 1  # read once: the call costs ~25 µs, a tenth of a single-row prediction
 
 
 class BundleError(Exception):
@@ -71,7 +72,7 @@ class ModelBundle:
 
     def _booster_for(self, rows: int) -> tuple[xgb.Booster, int]:
         """The single-threaded booster for small requests; a multi-threaded copy (made once) for batches."""
-        threads = os.cpu_count() or 1
+        threads = CPUS
         if rows < PARALLEL_ROWS or threads < 2:
             return self.booster, 1
         if self._parallel is None:
