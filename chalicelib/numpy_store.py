@@ -85,7 +85,7 @@ class NumpyStore:
             self._refresh()
             self._apply_pending()
             if not self._ids:
-                raise IndexMissing(f"no index in {self.folder}: run `readmit index`")
+                raise IndexMissing("no index yet: run `readmit index` (into $READMIT_INDEX_DIR or $READMIT_HOME/index)")
             query = np.asarray(vector, dtype=np.float32).reshape(-1)
             if len(query) != self._dimension:
                 raise DimensionMismatch(f"the index holds {self._dimension}-d vectors, the query is {len(query)}-d")
