@@ -122,6 +122,11 @@ def secret_salt(secret_id: str, client: Any = None) -> str:
     return value
 
 
+def current_salt() -> str:
+    """The salt hash_id uses when none is given; callers hashing many ids resolve it once."""
+    return _resolve_salt(None)
+
+
 def _resolve_salt(salt: str | None) -> str:
     if salt is not None:
         if not salt:

@@ -5,7 +5,6 @@ The same path serves one encounter or a batch of 500; it imports neither pandas 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from .audit import AuditRecord, PredictionLog
+from .audit import AUDIT_TIME, AuditRecord, PredictionLog
 from .bundle import ModelBundle
 from .errors import Detail, NotReady, ValidationFailed
 from .features import FEATURE_NAMES, FEATURES, HISTORY_WIDTH, PatientHistory, display_value, encode
 from .history_store import HistoryStore
-from .identifiers import hash_id
+from .identifiers import current_salt, hash_id
 from .model_provider import ModelProvider
 from .schema import columns_from_records, is_excluded
 
@@ -58,13 +57,13 @@ class Predictor:
             raise NotReady(self.provider.status.last_error or "no model loaded yet")
         return model
 
-    def _histories(self, records: Sequence[dict[str, Any]]) -> list[PatientHistory | None]:
+    def _histories(self, records: Sequence[dict[str, Any]], salt: str) -> list[PatientHistory | None]:
         out: list[PatientHistory | None] = []
         for r in records:
             if self.history is None or r.get("patient_nbr") is None:
                 out.append(None)
             else:
-                key = hash_id(r["patient_nbr"], kind="patient")
+                key = hash_id(r["patient_nbr"], salt, kind="patient")
                 out.append(self.history.history(key, r.get("encounter_id")))
         return out
 
@@ -78,7 +77,8 @@ class Predictor:
         remember: bool = False,
         source: str = "api",
     ) -> list[Scored]:
-        histories = self._histories(records)
+        salt = current_salt()  # once per call: a batch hashes up to 1,000 ids
+        histories = self._histories(records, salt)
         hist = np.zeros((len(records), HISTORY_WIDTH), dtype=np.float32)
         for i, h in enumerate(histories):
             if h is not None:
@@ -97,13 +97,18 @@ class Predictor:
             h = histories[i]
             results.append(Scored(float(risk[i]), tiers[i], factors, h.encounters if h else 0))
         if self.log is not None:
+            at = datetime.now(UTC).strftime(AUDIT_TIME)  # one request, one time
             self.log.append(
-                [_audit(request_id, model.version, results[i], records[i], X[i], source) for i in range(len(records))]
+                [
+                    _audit(request_id, at, model.version, results[i], records[i], X[i], source, salt)
+                    for i in range(len(records))
+                ]
             )
         if remember and self.history is not None:
             for record in records:
                 if record.get("patient_nbr") is not None and record.get("encounter_id") is not None:
-                    self.history.record(hash_id(record["patient_nbr"], kind="patient"), record["encounter_id"], record)
+                    key = hash_id(record["patient_nbr"], salt, kind="patient")
+                    self.history.record(key, record["encounter_id"], record)
         return results
 
 
@@ -132,16 +137,23 @@ def top_factors(
 
 
 def _audit(
-    request_id: str, version: str, scored: Scored, record: dict[str, Any], x: np.ndarray, source: str
+    request_id: str,
+    at: str,
+    version: str,
+    scored: Scored,
+    record: dict[str, Any],
+    x: np.ndarray,
+    source: str,
+    salt: str,
 ) -> AuditRecord:
     eid = record.get("encounter_id")
-    return AuditRecord(
+    return AuditRecord.scored(
         request_id=request_id,
-        at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        at=at,
         model_version=version,
         risk=scored.risk,
         risk_tier=scored.tier,
-        encounter_hash=hash_id(eid, kind="encounter") if eid is not None else None,
-        features=[None if math.isnan(v) else float(v) for v in x.tolist()],  # type: ignore[misc]
+        encounter_hash=hash_id(eid, salt, kind="encounter") if eid is not None else None,
+        features=x.astype(np.float64).tolist(),  # NaN (a missing input) is written as null
         source=source,
     )

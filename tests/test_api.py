@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ from chalicelib.api import ReadmitAPI, Request
 from chalicelib.api_models import MAX_BATCH, parse_encounter_body
 from chalicelib.audit import LocalPredictionLog
 from chalicelib.bundle import ModelBundle
-from chalicelib.features import encode, history_in_file
+from chalicelib.features import FEATURE_NAMES, encode, history_in_file
 from chalicelib.history_store import SQLiteHistoryStore
+from chalicelib.identifiers import hash_id
 from chalicelib.model_provider import ModelProvider
 from chalicelib.schema import columns_from_records
 from chalicelib.service import Predictor
@@ -211,3 +213,24 @@ def test_the_batch_route_and_single_route_agree(api: ReadmitAPI, raw_frame: pd.D
     _, batch = post(api, {"encounters": rows}, route="batch", query={"explain": "false"})
     single = [post(api, r, query={"explain": "false"})[1]["risk"] for r in rows]
     np.testing.assert_allclose([x["prediction"]["risk"] for x in batch["results"]], single, atol=1e-9)
+
+
+def test_each_prediction_is_audited_with_the_model_input_and_reads_back_valid(
+    api: ReadmitAPI, small_bundle: Path
+) -> None:
+    # GIVEN a batch where one encounter lacks diag_3 (a missing input: NaN in the feature vector)
+    encounters = [example(), {**example(), "encounter_id": 900002, "diag_3": "?"}]
+    status, body = post(api, {"encounters": encounters}, route="batch")
+    assert status == 200 and body["scored"] == 2
+    # WHEN the prediction log is read back (which validates every record)
+    records = sorted(api.predictor.log.read(), key=lambda r: r.risk)
+    # THEN each record holds the risk served, the exact feature vector, hashed ids and one fixed-width UTC time
+    assert sorted(round(r.risk, 6) for r in records) == sorted(x["prediction"]["risk"] for x in body["results"])
+    expected = encode(columns_from_records([parse_encounter_body(e) for e in encounters]))
+    by_hash = {r.encounter_hash: r for r in records}
+    first, second = by_hash[hash_id(900001, kind="encounter")], by_hash[hash_id(900002, kind="encounter")]
+    np.testing.assert_array_equal(np.array(first.features, dtype=np.float32), expected[0])
+    np.testing.assert_array_equal(np.array(second.features, dtype=np.float32), expected[1])  # NaN where NaN
+    assert math.isnan(second.features[FEATURE_NAMES.index("diag_3_code")])
+    assert len({r.at for r in records}) == 1 and records[0].at.endswith("Z") and len(records[0].at) == 27
+    assert {(r.model_version, r.source) for r in records} == {(small_bundle.name, "api")}
