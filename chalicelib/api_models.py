@@ -62,12 +62,15 @@ def _field(col: Column) -> tuple[Any, Any]:
     return annotated, Field(default=default, alias=col.name)
 
 
+_ATTRIBUTES = tuple((col.name, _python_name(col.name)) for col in COLUMNS)  # UCI name → model attribute
+
+
 class _EncounterBase(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=False, frozen=True)
 
     def to_record(self) -> dict[str, Any]:
         """The typed record the feature code consumes, keyed by UCI column names."""
-        return {col.name: getattr(self, _python_name(col.name)) for col in COLUMNS}
+        return {name: getattr(self, attr) for name, attr in _ATTRIBUTES}
 
 
 Encounter = create_model(  # type: ignore[call-overload]
