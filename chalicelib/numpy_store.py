@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .vectors import DimensionMismatch, Hit, IndexMissing, check_upsert
+from .vectors import DimensionMismatch, Hit, check_upsert, query_vector
 
 POINTER = "CURRENT"
 AGE_DTYPE = "U10"  # a fixed-width array compares to an age band in one vector operation
@@ -84,11 +84,8 @@ class NumpyStore:
         with self._lock:
             self._refresh()
             self._apply_pending()
-            if not self._ids:
-                raise IndexMissing("no index yet: run `readmit index` (into $READMIT_INDEX_DIR or $READMIT_HOME/index)")
-            query = np.asarray(vector, dtype=np.float32).reshape(-1)
-            if len(query) != self._dimension:
-                raise DimensionMismatch(f"the index holds {self._dimension}-d vectors, the query is {len(query)}-d")
+            missing = "no index yet: run `readmit index` (into $READMIT_INDEX_DIR or $READMIT_HOME/index)"
+            query = query_vector(vector, self._dimension if self._ids else None, missing, "the index")
             # einsum is numpy's own single-threaded SIMD loop: on a busy 2-core host it beats a BLAS gemv 3-4x.
             scores = np.einsum("ij,j->i", self._vectors, query)
             rows = self._band_rows(age_band) if age_band is not None else None

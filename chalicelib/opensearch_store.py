@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from . import settings
-from .vectors import DimensionMismatch, Hit, IndexMissing, check_upsert
+from .vectors import DimensionMismatch, Hit, check_upsert, query_vector
 
 VECTOR = "vector"
 BULK_CHUNK = 500
@@ -98,12 +98,8 @@ class OpenSearchStore:
         self.client.indices.refresh(index=self.index)
 
     def search(self, vector: np.ndarray, k: int, age_band: str | None = None) -> list[Hit]:
-        current = self._dimension()
-        if current is None:
-            raise IndexMissing(f"no OpenSearch index {self.index}: index some encounters first")
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if len(query) != current:
-            raise DimensionMismatch(f"index {self.index} holds {current}-d vectors, the query is {len(query)}-d")
+        missing = f"no OpenSearch index {self.index}: index some encounters first"
+        query = query_vector(vector, self._dimension(), missing, f"index {self.index}")
         knn: dict[str, Any] = {"vector": query.tolist(), "k": k}
         if age_band is not None:
             knn["filter"] = {"term": {"age": age_band}}

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import settings
-from .vectors import DimensionMismatch, Hit, IndexMissing, check_upsert, point_uuid
+from .vectors import DimensionMismatch, Hit, check_upsert, point_uuid, query_vector
 
 UPSERT_BATCH = 1024
 
@@ -76,12 +76,8 @@ class QdrantStore:
 
     def search(self, vector: np.ndarray, k: int, age_band: str | None = None) -> list[Hit]:
         m = self._models
-        current = self._dimension()
-        if current is None:
-            raise IndexMissing(f"no Qdrant collection {self.collection}: index some encounters first")
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if len(query) != current:
-            raise DimensionMismatch(f"collection {self.collection} holds {current}-d vectors, query is {len(query)}-d")
+        missing = f"no Qdrant collection {self.collection}: index some encounters first"
+        query = query_vector(vector, self._dimension(), missing, f"collection {self.collection}")
         where = None
         if age_band is not None:
             where = m.Filter(must=[m.FieldCondition(key="age", match=m.MatchValue(value=age_band))])

@@ -44,6 +44,17 @@ class DimensionMismatch(VectorStoreError):
     """The index was built with vectors of another dimension (another embedder): rebuild it."""
 
 
+def query_vector(vector: np.ndarray, dimension: int | None, missing: str, where: str) -> np.ndarray:
+    """The query as a flat float32 vector, checked against the index every store shares this rule for:
+    no index yet (``dimension`` None or 0) is IndexMissing, another embedder's dimension is DimensionMismatch."""
+    if not dimension:
+        raise IndexMissing(missing)
+    query = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if len(query) != dimension:
+        raise DimensionMismatch(f"{where} holds {dimension}-d vectors, the query is {len(query)}-d")
+    return query
+
+
 class VectorStore(Protocol):
     def ensure(self, dimension: int) -> None:
         """Create the index for ``dimension``-long vectors if missing; raise DimensionMismatch if it differs."""
