@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,16 @@ print(json.dumps({{"cold_s": cold, "pandas": "pandas" in sys.modules, "sklearn":
 def percentiles(samples: list[float]) -> str:
     a = np.array(samples) * 1000
     return f"p50 {np.percentile(a, 50):.3f} ms  p99 {np.percentile(a, 99):.3f} ms  mean {a.mean():.3f} ms"
+
+
+def timed(call: Callable[[], object], calls: int) -> list[float]:
+    """Wall seconds of each of ``calls`` calls."""
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - started)
+    return samples
 
 
 def main() -> None:
@@ -99,11 +110,7 @@ def main() -> None:
     event = json.loads(EVENT.read_text())
     for _ in range(200):
         app.app(event, Context())
-    samples = []
-    for _ in range(args.calls):
-        t = time.perf_counter()
-        app.app(event, Context())
-        samples.append(time.perf_counter() - t)
+    samples = timed(lambda: app.app(event, Context()), args.calls)
     print(f"/predict with factors, warm, {args.calls} calls through app.app(event): {percentiles(samples)}")
 
     no_explain = {
@@ -111,23 +118,13 @@ def main() -> None:
         "queryStringParameters": {"explain": "false"},
         "multiValueQueryStringParameters": {"explain": ["false"]},
     }
-    samples = []
-    for _ in range(args.calls):
-        t = time.perf_counter()
-        app.app(no_explain, Context())
-        samples.append(time.perf_counter() - t)
+    samples = timed(lambda: app.app(no_explain, Context()), args.calls)
     print(f"/predict?explain=false, warm: {percentiles(samples)}")
 
     model = ModelBundle.load(model_dir)
     x = np.zeros((1, len(model.meta["feature_names"])), dtype=np.float32)
-    raw, shap = [], []
-    for _ in range(args.calls):
-        t = time.perf_counter()
-        model.booster.inplace_predict(x)
-        raw.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        model.contributions(x)
-        shap.append(time.perf_counter() - t)
+    raw = timed(lambda: model.booster.inplace_predict(x), args.calls)
+    shap = timed(lambda: model.contributions(x), args.calls)
     print(f"raw XGBoost inplace_predict, 1 row: {percentiles(raw)}")
     print(f"raw XGBoost SHAP contributions, 1 row: {percentiles(shap)}")
 
