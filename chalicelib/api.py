@@ -91,6 +91,8 @@ class ReadmitAPI:
     ) -> None:
         self.predictor = predictor
         self.provider = predictor.provider
+        # /chat explains without the audit log: /predict is the prediction of record.
+        self._explaining = Predictor(self.provider, predictor.history, None)
         self._similar = similar
         self.explainer = explainer if explainer is not None else Explainer.from_env()
 
@@ -266,9 +268,7 @@ class ReadmitAPI:
         _require_json(request)
         envelope, record = parse_chat(parse_json(request.body, MAX_BODY_BYTES))
         model = self.predictor.model()
-        # Scored without the audit log: /chat explains, /predict is the prediction of record.
-        scorer = Predictor(self.provider, self.predictor.history, None)
-        [scored] = scorer.score(model, [record], explain=True, request_id=request.request_id)
+        [scored] = self._explaining.score(model, [record], explain=True, request_id=request.request_id)
         try:
             found = self.similar.find(record)
         except Exception as exc:  # no index, or the store is down: answer from the model's factors alone
