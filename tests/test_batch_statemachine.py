@@ -15,10 +15,7 @@ structure here, and its second guard, Merge refusing a run with missing rows, by
 from __future__ import annotations
 
 import copy
-import io
 import json
-import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +35,13 @@ from tests.test_statemachine import (
     PLACEHOLDER,
     REGION,
     VALIDATOR,
+    announced,
+    echo_functions,
+    finished,
     queue_lambda_results,
     reachable,
     substitute,
+    topic_inbox,
     transitions,
     validate,
 )
@@ -201,27 +202,11 @@ class Run:
 @pytest.fixture
 def stack() -> Iterator[Stack]:
     with mock_aws(config=MOTO_CONFIG):
-        role = boto3.client("iam", region_name=REGION).create_role(
-            RoleName="readmit-batch", AssumeRolePolicyDocument="{}"
-        )["Role"]["Arn"]
-        lambdas = boto3.client("lambda", region_name=REGION)
-        code = io.BytesIO()
-        with zipfile.ZipFile(code, "w") as zf:
-            zf.writestr("app.py", "def handler(event, context):\n    return event\n")
-        arns = dict(BATCH_SUBSTITUTIONS)
-        for key in ("BatchScoreFunctionArn", "BatchPrepareFunctionArn", "BatchMergeFunctionArn"):
-            arns[key] = lambdas.create_function(
-                FunctionName=arns[key].rsplit(":", 1)[1],
-                Runtime="python3.12",
-                Role=role,
-                Handler="app.handler",
-                Code={"ZipFile": code.getvalue()},
-            )["FunctionArn"]
-        sns, sqs = boto3.client("sns", region_name=REGION), boto3.client("sqs", region_name=REGION)
-        arns["BatchNotificationTopicArn"] = sns.create_topic(Name="readmit-batch")["TopicArn"]
-        queue_url = sqs.create_queue(QueueName="readmit-batch-inbox")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        sns.subscribe(TopicArn=arns["BatchNotificationTopicArn"], Protocol="sqs", Endpoint=queue_arn)
+        functions = ("BatchScoreFunctionArn", "BatchPrepareFunctionArn", "BatchMergeFunctionArn")
+        role, created = echo_functions("readmit-batch", {key: BATCH_SUBSTITUTIONS[key] for key in functions})
+        arns = {**BATCH_SUBSTITUTIONS, **created}
+        sqs = boto3.client("sqs", region_name=REGION)
+        arns["BatchNotificationTopicArn"], queue_url = topic_inbox(sqs, "readmit-batch")
         s3 = boto3.client("s3", region_name=REGION)
         s3.create_bucket(Bucket=DATA)
         assert arns == BATCH_SUBSTITUTIONS  # moto names them exactly as the realistic substitutions do
@@ -238,11 +223,7 @@ def execute(stack: Stack, name: str, size: int) -> Run:
     arn = stack.sfn.start_execution(stateMachineArn=stack.machine_arn, name=name, input=json.dumps(event))[
         "executionArn"
     ]
-    deadline = time.monotonic() + 30
-    while (described := stack.sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
-        assert time.monotonic() < deadline, "the execution did not finish within 30 s"
-        time.sleep(0.05)
-    events = stack.sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+    described, events = finished(stack.sfn, arn)
     functions = {v: k for k, v in stack.arns.items() if k.endswith("FunctionArn")}
     inputs = [
         (
@@ -252,14 +233,13 @@ def execute(stack: Stack, name: str, size: int) -> Run:
         for e in events
         if e["type"] == "LambdaFunctionScheduled"
     ]
-    received = stack.sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=10).get("Messages", [])
     return Run(
         status=described["status"],
         error=described.get("error"),
         output=json.loads(described["output"]) if "output" in described else None,
         entered=[e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e],
         lambda_inputs=inputs,
-        messages=[json.loads(m["Body"]) for m in received],
+        messages=announced(stack.sqs, stack.queue_url),
     )
 
 

@@ -269,36 +269,62 @@ class Run:
         return found
 
 
+def echo_functions(role_name: str, arns: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """An IAM role and one Lambda per ARN (named as the ARN names it) that moto's lambda-simple backend answers
+    with queue_lambda_results; returns the role and the created ARNs (equal to the given ones)."""
+    role = boto3.client("iam", region_name=REGION).create_role(RoleName=role_name, AssumeRolePolicyDocument="{}")
+    lambdas = boto3.client("lambda", region_name=REGION)
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as zf:
+        zf.writestr("app.py", "def handler(event, context):\n    return event\n")
+    created = {
+        key: lambdas.create_function(
+            FunctionName=arn.rsplit(":", 1)[1],
+            Runtime="python3.12",
+            Role=role["Role"]["Arn"],
+            Handler="app.handler",
+            Code={"ZipFile": code.getvalue()},
+        )["FunctionArn"]
+        for key, arn in arns.items()
+    }
+    return role["Role"]["Arn"], created
+
+
+def topic_inbox(sqs: Any, name: str) -> tuple[str, str]:
+    """An SNS topic with an SQS queue subscribed to it, to read what a workflow announced: (topic ARN, queue URL)."""
+    sns = boto3.client("sns", region_name=REGION)
+    topic = sns.create_topic(Name=name)["TopicArn"]
+    queue_url = sqs.create_queue(QueueName=f"{name}-inbox")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    return topic, queue_url
+
+
+def finished(sfn: Any, execution_arn: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The execution once it has stopped running (at most 30 s), and its event history."""
+    deadline = time.monotonic() + 30
+    while (described := sfn.describe_execution(executionArn=execution_arn))["status"] == "RUNNING":
+        assert time.monotonic() < deadline, "the execution did not finish within 30 s"
+        time.sleep(0.05)
+    return described, sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+
+
+def announced(sqs: Any, queue_url: str) -> list[dict[str, Any]]:
+    received = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(m["Body"]) for m in received]
+
+
 @pytest.fixture
 def stack() -> Iterator[Stack]:
     with mock_aws(config=MOTO_CONFIG):
-        role = boto3.client("iam", region_name=REGION).create_role(
-            RoleName="readmit-retraining", AssumeRolePolicyDocument="{}"
-        )["Role"]["Arn"]
-        lambdas = boto3.client("lambda", region_name=REGION)
-        code = io.BytesIO()
-        with zipfile.ZipFile(code, "w") as zf:
-            zf.writestr("app.py", "def handler(event, context):\n    return event\n")
-        arns = {
-            key: lambdas.create_function(
-                FunctionName=REALISTIC_ARNS[key].rsplit(":", 1)[1],
-                Runtime="python3.12",
-                Role=role,
-                Handler="app.handler",
-                Code={"ZipFile": code.getvalue()},
-            )["FunctionArn"]
-            for key in FUNCTIONS
-        }
-        sns, sqs = boto3.client("sns", region_name=REGION), boto3.client("sqs", region_name=REGION)
-        arns["NotificationTopicArn"] = sns.create_topic(Name="readmit-retraining")["TopicArn"]
-        queue_url = sqs.create_queue(QueueName="readmit-retraining-inbox")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        sns.subscribe(TopicArn=arns["NotificationTopicArn"], Protocol="sqs", Endpoint=queue_arn)
+        role, arns = echo_functions("readmit-retraining", {key: REALISTIC_ARNS[key] for key in FUNCTIONS})
+        sqs = boto3.client("sqs", region_name=REGION)
+        arns["NotificationTopicArn"], queue_url = topic_inbox(sqs, "readmit-retraining")
         sfn = boto3.client("stepfunctions", region_name=REGION)
         machine_arn = sfn.create_state_machine(
             name="readmit-retraining", definition=substitute(RETRAIN.read_text(), arns), roleArn=role
         )["stateMachineArn"]
-        yield Stack(sfn, sqs, lambdas, queue_url, machine_arn, arns)
+        yield Stack(sfn, sqs, boto3.client("lambda", region_name=REGION), queue_url, machine_arn, arns)
 
 
 def queue_lambda_results(*results: dict[str, Any] | str) -> None:
@@ -320,19 +346,14 @@ def execute(stack: Stack, name: str, **overrides: Any) -> Run:
     arn = stack.sfn.start_execution(stateMachineArn=stack.machine_arn, name=name, input=json.dumps(run_input))[
         "executionArn"
     ]
-    deadline = time.monotonic() + 30
-    while (described := stack.sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
-        assert time.monotonic() < deadline, "the execution did not finish within 30 s"
-        time.sleep(0.05)
-    events = stack.sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
-    received = stack.sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=10).get("Messages", [])
+    described, events = finished(stack.sfn, arn)
     return Run(
         arn=arn,
         status=described["status"],
         error=described.get("error"),
         output=json.loads(described["output"]) if "output" in described else None,
         events=events,
-        messages=[json.loads(m["Body"]) for m in received],
+        messages=announced(stack.sqs, stack.queue_url),
     )
 
 
