@@ -57,7 +57,7 @@ class Predictor:
             raise NotReady(self.provider.status.last_error or "no model loaded yet")
         return model
 
-    def _histories(self, records: Sequence[dict[str, Any]], salt: str) -> list[PatientHistory | None]:
+    def _histories(self, records: Sequence[dict[str, Any]], salt: str | None) -> list[PatientHistory | None]:
         out: list[PatientHistory | None] = []
         for r in records:
             if self.history is None or r.get("patient_nbr") is None:
@@ -77,7 +77,9 @@ class Predictor:
         remember: bool = False,
         source: str = "api",
     ) -> list[Scored]:
-        salt = current_salt()  # once per call: a batch hashes up to 1,000 ids
+        # Resolved once per call (a batch hashes up to 1,000 ids), and only when some id will be hashed.
+        hashes = self.log is not None or any(r.get("patient_nbr") is not None for r in records)
+        salt = current_salt() if hashes else None
         histories = self._histories(records, salt)
         hist = np.zeros((len(records), HISTORY_WIDTH), dtype=np.float32)
         for i, h in enumerate(histories):
@@ -144,7 +146,7 @@ def _audit(
     record: dict[str, Any],
     x: np.ndarray,
     source: str,
-    salt: str,
+    salt: str | None,
 ) -> AuditRecord:
     eid = record.get("encounter_id")
     return AuditRecord.scored(
