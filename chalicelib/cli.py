@@ -18,7 +18,7 @@ def _err(msg: str) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .dataset import CONTENT_SHA256, content_sha256, locate
+    from .dataset import CONTENT_SHA256, content_sha256, keep_in_cache, locate
     from .tabular import read_table
 
     path = locate(args.data, download=not args.offline)
@@ -26,6 +26,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     table = read_table(path, require_target=True)
     report = {
         "path": str(path),
+        "cached_at": str(keep_in_cache(path)) if digest == CONTENT_SHA256 else None,
         "sha256": digest,
         "official_copy": digest == CONTENT_SHA256,
         "rows": table.n_rows,

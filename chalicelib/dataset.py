@@ -83,17 +83,33 @@ def _download(target: Path) -> Path:
         archive = Path(tmp) / "uci.zip"
         with urllib.request.urlopen(UCI_URL, timeout=60) as resp, archive.open("wb") as out:
             shutil.copyfileobj(resp, out)
-        extracted = Path(tmp) / CSV_MEMBER
         try:
-            with open_text(archive) as src, extracted.open("w", newline="") as out:
-                shutil.copyfileobj(src, out)
+            _store_official(archive, target)
         except (zipfile.BadZipFile, EOFError) as exc:
             raise DatasetError(f"the download from {UCI_URL} is not a valid zip archive ({exc})") from exc
+    return target
+
+
+def _store_official(source: Path, target: Path) -> None:
+    """``source`` (zip, csv or csv.gz) as plain CSV at ``target``, only if it is the official content (atomic)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        extracted = Path(tmp) / CSV_MEMBER
+        with open_text(source) as src, extracted.open("w", newline="") as out:
+            shutil.copyfileobj(src, out)
         digest = content_sha256(extracted)
         if digest != CONTENT_SHA256:
-            raise DatasetError(f"downloaded {CSV_MEMBER} has sha256 {digest}, expected {CONTENT_SHA256}")
+            raise DatasetError(f"{source.name} has content sha256 {digest}, expected {CONTENT_SHA256}")
         os.replace(extracted, target)
-    return target
+
+
+def keep_in_cache(path: Path) -> Path:
+    """Copy a verified official data set into the user cache (once), so that clones elsewhere on this machine, and
+    runs without ../shared or a network, find it there."""
+    cached = cache_dir() / CSV_MEMBER
+    if not cached.exists() and path.resolve() != cached.resolve():
+        _store_official(path, cached)
+    return cached
 
 
 @contextmanager

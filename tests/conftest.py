@@ -6,17 +6,15 @@ copy) or ``../shared/data/dataset_diabetes.zip``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from chalicelib.dataset import open_text
+from chalicelib.dataset import DatasetNotFound, locate, open_text
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data" / "dataset_diabetes.zip"
 
 
 @pytest.fixture(autouse=True)
@@ -31,10 +29,10 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 @pytest.fixture(scope="session")
 def data_path() -> Path:
-    candidate = os.environ.get("READMIT_DATA") or (str(SHARED) if SHARED.exists() else "")
-    if not candidate or not Path(candidate).exists():
-        pytest.fail("the UCI data set is needed: set READMIT_DATA or provide ../shared/data/dataset_diabetes.zip")
-    return Path(candidate)
+    try:  # $READMIT_DATA, the user cache (filled by `readmit data`, which `make test` runs), ../shared; no download
+        return locate(download=False)
+    except DatasetNotFound as exc:
+        pytest.fail(f"the UCI data set is needed: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -249,3 +249,21 @@ def test_a_download_that_is_not_a_zip_is_a_dataset_error(
     monkeypatch.setattr(dataset, "UCI_URL", server.url("uci.zip"))
     with pytest.raises(DatasetError):
         locate()
+
+
+def test_the_official_copy_is_kept_in_the_cache_where_a_clone_without_shared_finds_it(
+    data_path: Path, offline: Path, tmp_path: Path
+) -> None:
+    # GIVEN the official zip somewhere, and a clone with no ../shared, no $READMIT_DATA and no network
+    cached = dataset.keep_in_cache(data_path)
+    # THEN the cache holds the plain CSV with the official content, and locating the data finds it offline
+    assert cached == offline / dataset.CSV_MEMBER
+    assert dataset.content_sha256(cached) == dataset.CONTENT_SHA256
+    assert dataset.locate(download=False) == cached
+    # AND a file with other content is never cached
+    other = tmp_path / "other.csv"
+    other.write_text(cached.read_text().replace("Caucasian", "caucasian", 1))
+    (offline / dataset.CSV_MEMBER).unlink()
+    with pytest.raises(dataset.DatasetError, match="sha256"):
+        dataset.keep_in_cache(other)
+    assert not (offline / dataset.CSV_MEMBER).exists()
