@@ -191,8 +191,12 @@ def test_the_content_hash_changes_when_one_value_changes(csv_text: str, tmp_path
 def test_download_fetches_verifies_and_caches_the_csv(
     data_path: Path, offline: Path, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN the real zip served over HTTP and an empty cache
-    (server.root / "uci.zip").write_bytes(data_path.read_bytes())
+    # GIVEN the real data as UCI's zip, served over HTTP, and an empty cache
+    if zipfile.is_zipfile(data_path):
+        (server.root / "uci.zip").write_bytes(data_path.read_bytes())
+    else:  # the data was found as the cached CSV: zip it as UCI does
+        with zipfile.ZipFile(server.root / "uci.zip", "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            zf.write(data_path, f"dataset_diabetes/{CSV_MEMBER}")
     monkeypatch.setattr(dataset, "UCI_URL", server.url("uci.zip"))
 
     # WHEN the data set is located
