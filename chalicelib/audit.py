@@ -153,25 +153,48 @@ def _truncate_torn_tail(fh: Any) -> None:
 
 
 class LocalPredictionLog:
-    """JSON Lines under ``root/dt=YYYY-MM-DD/part-<pid>-<hour>.jsonl``; the pid keeps processes apart."""
+    """JSON Lines under ``root/dt=YYYY-MM-DD/part-<pid>-<hour>.jsonl``; the pid keeps processes apart.
+
+    The current part stays open (unbuffered: each append is one write to the OS, so a crash after a response
+    loses nothing), because opening it per request cost more than writing the record."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._parts: dict[tuple[int, str, str], Any] = {}  # (pid, day, hour) → open file
 
     @property
     def uri(self) -> str:
         return str(self.root)
 
+    def _part(self, day: str, hour: str) -> Any:
+        """The open part for this process and hour (call with the lock held)."""
+        key = (os.getpid(), day, hour)
+        fh = self._parts.get(key)
+        if fh is not None and os.fstat(fh.fileno()).st_nlink == 0:  # deleted or rotated away: start a new file
+            fh.close()
+            fh = None
+        if fh is None:
+            for old in self._parts.values():  # an hour's part is finished once the next one starts
+                old.close()
+            self._parts.clear()
+            path = self.root / f"dt={day}" / f"part-{key[0]}-{hour}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(path, "a+b", buffering=0)  # readable, to check the tail  # noqa: SIM115 (kept open)
+            _truncate_torn_tail(fh)
+            self._parts[key] = fh
+        return fh
+
     def append(self, records: Sequence[AuditRecord]) -> None:
         parts = _by_day(records)  # serialised before taking the lock
-        pid = os.getpid()
         with _local_lock:
             for (day, hour), lines in parts.items():
-                path = self.root / f"dt={day}" / f"part-{pid}-{hour}.jsonl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "a+b") as fh:  # readable, to check the tail
-                    _truncate_torn_tail(fh)
-                    fh.write("".join(lines).encode())  # one write per part: whole lines only
+                self._part(day, hour).write("".join(lines).encode())  # one write per part: whole lines only
+
+    def close(self) -> None:
+        with _local_lock:
+            for fh in self._parts.values():
+                fh.close()
+            self._parts.clear()
 
     def read(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[AuditRecord]:
         lo, hi = _window(since, until)

@@ -79,7 +79,7 @@ def score_rows(model: ModelBundle, rows: Sequence[Any], id_index: int, *, reques
     if cohort:
         X = encode(columns_from_records([r.record for r in cohort]), hist)
         risk = model.risk(X)
-        tiers = model.tiers(risk).tolist()
+        tiers = model.tiers(risk)
         contribs = model.contributions(X)
         at = datetime.now(UTC)
         for i, r in enumerate(cohort):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
+from . import xgboost_calls
 from .calibration import Calibrator
 from .features import FEATURE_NAMES
 
@@ -92,29 +93,27 @@ class ModelBundle:
 
     def raw(self, X: np.ndarray) -> np.ndarray:
         booster, _ = self._booster_for(len(X))
-        return booster.inplace_predict(X, validate_features=False)
+        return xgboost_calls.probabilities(booster, X)
 
     def risk(self, X: np.ndarray) -> np.ndarray:
         """Calibrated probability of readmission within 30 days."""
         return self.calibrator(self.raw(X))
 
-    def tiers(self, risk: np.ndarray) -> np.ndarray:
-        t = self.thresholds
-        return np.where(risk >= t["high"], "high", np.where(risk >= t["medium"], "medium", "low"))
+    def tiers(self, risk: np.ndarray) -> list[str]:
+        high, medium = self.thresholds["high"], self.thresholds["medium"]
+        return ["high" if r >= high else "medium" if r >= medium else "low" for r in risk.tolist()]
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """XGBoost's native SHAP values (log-odds), one column per feature plus the bias last.
 
-        Serving builds an unnamed DMatrix, single-threaded for small requests: names and a thread pool cost
-        more than the trees for one row."""
+        Single-threaded for small requests: a thread pool costs more than the trees for one row."""
         booster, threads = self._booster_for(len(X))
-        data = xgb.DMatrix(X, missing=np.nan, nthread=threads)
-        return booster.predict(data, pred_contribs=True, validate_features=False)
+        return xgboost_calls.contributions(booster, X, threads)
 
     def risk_and_contributions(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Both from one tree walk: SHAP values sum to the raw margin, so the probability follows from them."""
         contribs = self.contributions(X)
-        raw = 1.0 / (1.0 + np.exp(-contribs.sum(axis=1, dtype=np.float64)))
+        raw = 1.0 / (1.0 + np.exp(-np.add.reduce(contribs, axis=1, dtype=np.float64)))
         return self.calibrator(raw), contribs
 
     @classmethod

@@ -21,13 +21,19 @@ class Calibrator:
     y: tuple[float, ...] = field(default=())
     a: float = 1.0
     b: float = 0.0
+    _xy: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # As arrays once: np.interp would convert the tuples (hundreds of knots) on every call.
+        object.__setattr__(self, "_xy", (np.asarray(self.x, dtype=np.float64), np.asarray(self.y, dtype=np.float64)))
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
         p = np.asarray(p, dtype=np.float64)
         if self.method == "isotonic":
-            return np.interp(p, self.x, self.y)
+            return np.interp(p, *self._xy)
         if self.method == "platt":
-            logit = np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))
+            # np.clip's Python wrapper costs more than the arithmetic for one row
+            logit = np.log(np.minimum(np.maximum(p, 1e-7), 1 - 1e-7) / np.minimum(np.maximum(1 - p, 1e-7), 1))
             return 1.0 / (1.0 + np.exp(-(self.a * logit + self.b)))
         return p
 

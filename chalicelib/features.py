@@ -396,18 +396,27 @@ def _charlson(mask: int) -> float:
     return float(icd9.charlson_from_mask(mask))
 
 
+@lru_cache(maxsize=8192)
+def _diag_row(codes: tuple[str, str, str]) -> tuple[tuple[int, ...], float, bool, tuple[float, ...]]:
+    """_diag_block's answer for one encounter's three codes (cached: the online path scores one row at a time)."""
+    info = [_diag_info(code) for code in codes]
+    groups, numeric = tuple(i[0] for i in info), tuple(i[3] for i in info)
+    return groups, _charlson(info[0][1] | info[1][1] | info[2][1]), any(i[2] for i in info), numeric
+
+
 def _diag_block(cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Diagnosis groups (n×3), Charlson index, uncontrolled flag and numeric codes (n×3).
 
     Each distinct code is looked up once (cached); a batch maps its distinct codes back with np.unique."""
-    codes = np.stack([cols[d] for d in DIAGS], axis=1)  # (n, 3) strings
+    codes = np.array([cols[d] for d in DIAGS]).T  # (n, 3) strings
     if len(codes) <= _SMALL:
-        info = [[_diag_info(str(code)) for code in row] for row in codes]
-        group = np.array([[i[0] for i in row] for row in info], dtype=np.int16).reshape(codes.shape)
-        masks = [row[0][1] | row[1][1] | row[2][1] for row in info]
-        uncontrolled = np.array([any(i[2] for i in row) for row in info], dtype=bool)
-        numeric = np.array([[i[3] for i in row] for row in info], dtype=np.float32).reshape(codes.shape)
-        return group, np.array([_charlson(m) for m in masks], dtype=np.float32), uncontrolled, numeric
+        rows = [_diag_row(tuple(row)) for row in codes.tolist()]
+        return (
+            np.array([r[0] for r in rows], dtype=np.int16).reshape(codes.shape),
+            np.array([r[1] for r in rows], dtype=np.float32),
+            np.array([r[2] for r in rows], dtype=bool),
+            np.array([r[3] for r in rows], dtype=np.float32).reshape(codes.shape),
+        )
     uniq, inverse = np.unique(codes, return_inverse=True)
     info_u = [_diag_info(str(u)) for u in uniq]
     inverse = inverse.reshape(codes.shape)
@@ -418,6 +427,17 @@ def _diag_block(cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     masks, mask_inverse = np.unique(mask, return_inverse=True)
     charlson = np.array([_charlson(int(m)) for m in masks], dtype=np.float32)[mask_inverse]
     return group, charlson.reshape(-1), uncontrolled, numeric
+
+
+# Column blocks of the feature matrix, resolved once (encode runs per request).
+_ADMISSION_SPAN = _span("admission_", ADMISSION_GROUPS)
+_SOURCE_SPAN = _span("source_", SOURCE_GROUPS)
+_DISCHARGE_SPAN = _span("discharge_", DISCHARGE_GROUPS)
+_SPECIALTY_SPAN = _span("specialty_", SPECIALTY_GROUPS)
+_COUNTS_SPAN = _span("", COUNTS)
+_DIAG1_SPAN = _span("diag1_", DIAG_GROUPS)
+_DIAG_CODES_SPAN = _span("", [f"{d}_code" for d in DIAGS])
+_DIAGS_SPAN = _span("diags_", DIAG_GROUPS)
 
 
 def encode(cols: Columns, history: np.ndarray | None = None) -> np.ndarray:
@@ -431,17 +451,17 @@ def encode(cols: Columns, history: np.ndarray | None = None) -> np.ndarray:
     out[:, _IDX["race_caucasian"] : _IDX["race_missing"] + 1] = _RACE[c["race"]]
     out[:, _IDX["weight_recorded"]] = c["weight"] >= 0
     out[:, _IDX["payer_medicare"] : _IDX["payer_missing"] + 1] = _PAYER[c["payer_code"]]
-    out[:, _span("admission_", ADMISSION_GROUPS)] = _ADMISSION[c["admission_type_id"].astype(np.intp)]
-    out[:, _span("source_", SOURCE_GROUPS)] = _SOURCE[c["admission_source_id"].astype(np.intp)]
-    out[:, _span("discharge_", DISCHARGE_GROUPS)] = _DISCHARGE[c["discharge_disposition_id"].astype(np.intp)]
-    out[:, _span("specialty_", SPECIALTY_GROUPS)] = _SPECIALTY[c["medical_specialty"]]
+    out[:, _ADMISSION_SPAN] = _ADMISSION[c["admission_type_id"].astype(np.intp)]
+    out[:, _SOURCE_SPAN] = _SOURCE[c["admission_source_id"].astype(np.intp)]
+    out[:, _DISCHARGE_SPAN] = _DISCHARGE[c["discharge_disposition_id"].astype(np.intp)]
+    out[:, _SPECIALTY_SPAN] = _SPECIALTY[c["medical_specialty"]]
 
     out[:, _IDX["admission_type_code"]] = c["admission_type_id"]
     out[:, _IDX["discharge_code"]] = c["discharge_disposition_id"]
     out[:, _IDX["admission_source_code"]] = c["admission_source_id"]
 
-    counts = np.stack([c[k] for k in COUNTS], axis=1)
-    out[:, _span("", COUNTS)] = counts
+    counts = np.array([c[k] for k in COUNTS]).T  # (n, 8); np.stack costs 3× more
+    out[:, _COUNTS_SPAN] = counts
     los, labs, meds_n, inpatient = counts[:, 0], counts[:, 1], counts[:, 3], counts[:, 7]
     out[:, _IDX["total_visits"]] = counts[:, 5:8].sum(axis=1)
     out[:, _IDX["any_inpatient"]] = inpatient > 0
@@ -450,7 +470,7 @@ def encode(cols: Columns, history: np.ndarray | None = None) -> np.ndarray:
     out[:, _IDX["a1c_tested"] : _IDX["a1c_over_8"] + 1] = _A1C[a1c]
     out[:, _IDX["glucose_tested"] : _IDX["glucose_high"] + 1] = _GLU[c["max_glu_serum"]]
 
-    meds = np.stack([c[m] for m in MEDICATIONS], axis=1)
+    meds = np.array([c[m] for m in MEDICATIONS]).T
     on = meds != _NO
     up = (meds == _UP).sum(axis=1)
     down = (meds == _DOWN).sum(axis=1)
@@ -470,9 +490,9 @@ def encode(cols: Columns, history: np.ndarray | None = None) -> np.ndarray:
     out[:, _IDX["diabetes_med"]] = c["diabetesMed"] == _ON_MED
 
     group, charlson, uncontrolled, numeric = _diag_block(c)
-    out[:, _span("diag1_", DIAG_GROUPS)] = group[:, :1] == np.arange(_N_GROUPS)
-    out[:, _span("", [f"{d}_code" for d in DIAGS])] = numeric
-    out[:, _span("diags_", DIAG_GROUPS)] = (group[:, :, None] == np.arange(_N_GROUPS)).sum(axis=1)
+    out[:, _DIAG1_SPAN] = group[:, :1] == np.arange(_N_GROUPS)
+    out[:, _DIAG_CODES_SPAN] = numeric
+    out[:, _DIAGS_SPAN] = (group[:, :, None] == np.arange(_N_GROUPS)).sum(axis=1)
     out[:, _IDX["diags_missing"]] = (group < 0).sum(axis=1)
     out[:, _IDX["diabetes_uncontrolled"]] = uncontrolled
     out[:, _IDX["charlson_index"]] = charlson

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import hmac
 import numbers
 import os
@@ -143,4 +142,4 @@ def hash_id(value: int | str, salt: str | None = None, *, kind: str) -> str:
         raise InvalidKind(f"invalid kind {kind!r}")
     message = f"{kind}:{normalise(value)}".encode()
     key = _resolve_salt(salt).encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()[:HASH_CHARS]
+    return hmac.digest(key, message, "sha256").hex()[:HASH_CHARS]  # OpenSSL's one-shot HMAC

@@ -90,7 +90,7 @@ class Predictor:
             risk, contribs = model.risk_and_contributions(X)
         else:
             risk, contribs = model.risk(X), None
-        tiers = model.tiers(risk).tolist()
+        tiers = model.tiers(risk)
         results = []
         for i, record in enumerate(records):
             factors = None

@@ -7,6 +7,10 @@ container deployment on EKS and local runs (`GET /metrics`).
 
 from __future__ import annotations
 
+import functools
+import os
+from typing import Any
+
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
@@ -40,31 +44,48 @@ def prometheus_text() -> bytes:
     return generate_latest(registry)
 
 
+def _emf_enabled() -> bool:
+    """Powertools' own switch, looked up once per environment: it is read three times per request."""
+    key = (os.environ.get("POWERTOOLS_DEV"), os.environ.get("POWERTOOLS_METRICS_DISABLED"))
+    enabled = _emf_switch.get(key)
+    if enabled is None:
+        enabled = _emf_switch[key] = not is_metrics_disabled()
+    return enabled
+
+
+_emf_switch: dict[tuple[str | None, str | None], bool] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _child(metric: Any, *labels: str) -> Any:
+    """A labelled Prometheus series, bound once (``labels()`` takes a lock and builds a key on every call)."""
+    return metric.labels(*labels)
+
+
 def record_prediction(tiers: list[str], model_version: str) -> None:
     """Count scored encounters (Prometheus + EMF). Tiers only: no values, no identifiers."""
-    high = sum(t == "high" for t in tiers)
     for tier in set(tiers):
-        PREDICTIONS.labels(tier=tier).inc(tiers.count(tier))
-    if not is_metrics_disabled():  # Powertools still auto-flushes at 100 values when disabled
+        _child(PREDICTIONS, tier).inc(tiers.count(tier))
+    if _emf_enabled():  # Powertools still auto-flushes at 100 values when disabled
         metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=len(tiers))
-        metrics.add_metric(name="HighRiskPredictions", unit=MetricUnit.Count, value=high)
+        metrics.add_metric(name="HighRiskPredictions", unit=MetricUnit.Count, value=tiers.count("high"))
         metrics.add_metadata(key="model_version", value=model_version)
 
 
 def record_latency(route: str, seconds: float) -> None:
-    LATENCY.labels(route=route).observe(seconds)
-    if not is_metrics_disabled():
+    _child(LATENCY, route).observe(seconds)
+    if _emf_enabled():
         metrics.add_metric(name="LatencyMs", unit=MetricUnit.Milliseconds, value=seconds * 1000)
 
 
 def flush() -> None:
     """Emit this request's EMF metrics (Lambda); a no-op when there are none or metrics are disabled."""
-    if metrics.metric_set and not is_metrics_disabled():
+    if metrics.metric_set and _emf_enabled():
         metrics.flush_metrics()
 
 
 def record_request(route: str, status: int) -> None:
-    REQUESTS.labels(route=route, status=str(status)).inc()
+    _child(REQUESTS, route, str(status)).inc()
 
 
 def record_invalid(fields: list[str]) -> None:

@@ -189,15 +189,36 @@ def test_concurrent_appends_from_threads_produce_whole_lines(tmp_path: Path) -> 
     assert len({r.request_id for r in log.read()}) == 800
 
 
-def test_a_line_torn_by_a_crash_is_skipped_and_the_next_append_repairs_it(tmp_path: Path) -> None:
-    log = LocalPredictionLog(tmp_path)
-    log.append([audit("before", NOON)])
+def test_a_line_torn_by_a_crash_is_skipped_and_the_next_writer_repairs_it(tmp_path: Path) -> None:
+    crashed = LocalPredictionLog(tmp_path)
+    crashed.append([audit("before", NOON)])
     (part,) = tmp_path.rglob("*.jsonl")
     with part.open("a") as fh:
-        fh.write(audit("torn", NOON).model_dump_json()[:40])  # a crash mid-write
+        fh.write(audit("torn", NOON).model_dump_json()[:40])  # the process died mid-write
+    crashed.close()
+    log = LocalPredictionLog(tmp_path)  # the restarted process, with the same pid: the same part file
     assert [r.request_id for r in log.read()] == ["before"]
     log.append([audit("after", NOON)])
     assert [r.request_id for r in log.read()] == ["before", "after"]
+
+
+def test_a_part_removed_while_open_is_started_again_rather_than_written_into_the_void(tmp_path: Path) -> None:
+    log = LocalPredictionLog(tmp_path)
+    log.append([audit("first", NOON)])
+    (part,) = tmp_path.rglob("*.jsonl")
+    part.unlink()  # rotated or cleaned up by an operator while the server runs
+    log.append([audit("second", NOON)])
+    assert [r.request_id for r in log.read()] == ["second"]
+
+
+def test_appends_in_a_new_hour_go_to_a_new_part_and_earlier_parts_stay_readable(tmp_path: Path) -> None:
+    log = LocalPredictionLog(tmp_path)
+    log.append([audit("noon", NOON)])
+    log.append([audit("one", NOON + timedelta(hours=1))])
+    log.append([audit("noon-late", NOON + timedelta(minutes=30))])  # a late record reopens its hour's part
+    parts = sorted(p.name.rsplit("-", 1)[-1] for p in tmp_path.rglob("*.jsonl"))
+    assert parts == ["12.jsonl", "13.jsonl"]
+    assert sorted(r.request_id for r in log.read()) == ["noon", "noon-late", "one"]
 
 
 def test_a_complete_line_that_is_not_a_record_is_reported_with_its_location(tmp_path: Path) -> None:
