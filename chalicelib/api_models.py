@@ -21,11 +21,25 @@ def _python_name(column: str) -> str:
     return column.replace("-", "_")
 
 
+_KNOWN_VALUES = 4096  # per column: enough for every ICD-9 code a hospital uses, bounded against junk input
+
+
 def _checker(col: Column) -> Any:
+    known: dict[tuple[type, Any], Any] = {}  # accepted raw value → parsed value: a batch repeats the same values
+
     def check(value: Any) -> Any:
+        key = (type(value), value)
+        try:
+            return known[key]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable (a list or an object): parse_value rejects it below
+            key = None
         parsed, problem = parse_value(col, value)
         if problem:
             raise PydanticCustomError("uci_value", problem)
+        if key is not None and len(known) < _KNOWN_VALUES:
+            known[key] = parsed
         return parsed
 
     return check

@@ -25,7 +25,7 @@ from .bundle import TIERS, ModelBundle
 from .features import PatientHistory, encode
 from .identifiers import hash_id
 from .schema import columns_from_records, is_excluded
-from .service import top_factors
+from .service import factor_lists
 
 OUTPUT_COLUMNS = ("encounter_id", "risk", "risk_tier", "top_factors", "model_version", "status", "reason", "line")
 STATUSES = ("scored", "excluded", "invalid")
@@ -82,10 +82,10 @@ def score_rows(model: ModelBundle, rows: Sequence[Any], id_index: int, *, reques
         tiers = model.tiers(risk)
         contribs = model.contributions(X)
         at = datetime.now(UTC)
+        histories = [PatientHistory(*r.history) if r.history else None for r in cohort]
+        factors = factor_lists(contribs, [r.record for r in cohort], histories)
         for i, r in enumerate(cohort):
-            history = PatientHistory(*r.history) if r.history else None
-            factors = short_factors(top_factors(contribs[i], r.record, history))
-            scored[r.line] = (float(risk[i]), tiers[i], factors)
+            scored[r.line] = (float(risk[i]), tiers[i], short_factors(factors[i]))
             eid = r.record["encounter_id"]
             audit.append(
                 AuditRecord(

@@ -91,13 +91,13 @@ class Predictor:
         else:
             risk, contribs = model.risk(X), None
         tiers = model.tiers(risk)
-        results = []
-        for i, record in enumerate(records):
-            factors = None
-            if contribs is not None:
-                factors = top_factors(contribs[i], record, histories[i])
-            h = histories[i]
-            results.append(Scored(float(risk[i]), tiers[i], factors, h.encounters if h else 0))
+        factors: list[list[dict[str, Any]] | None] = (
+            list(factor_lists(contribs, records, histories)) if contribs is not None else [None] * len(records)
+        )
+        results = [
+            Scored(r, tier, f, h.encounters if h else 0)
+            for r, tier, f, h in zip(risk.tolist(), tiers, factors, histories, strict=True)
+        ]
         if self.log is not None:
             at = datetime.now(UTC).strftime(AUDIT_TIME)  # one request, one time
             self.log.append(
@@ -114,28 +114,43 @@ class Predictor:
         return results
 
 
+def factor_lists(
+    contribs: np.ndarray,
+    records: Sequence[dict[str, Any]],
+    histories: Sequence[PatientHistory | None],
+    k: int = TOP_FACTORS,
+) -> list[list[dict[str, Any]]]:
+    """Each row's k largest SHAP contributions by magnitude, named in clinical terms with the input value.
+
+    Ranked for the whole batch in one sort (ties go to the earlier feature)."""
+    values = contribs[:, : len(FEATURE_NAMES)]
+    order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
+    chosen = np.take_along_axis(values, order, axis=1).tolist()
+    out = []
+    for row, record, history, picked in zip(order.tolist(), records, histories, chosen, strict=True):
+        factors = []
+        for j, c in zip(row, picked, strict=True):
+            if c == 0.0:
+                continue
+            f = FEATURES[j]
+            factors.append(
+                {
+                    "feature": f.name,
+                    "label": f.label,
+                    "value": display_value(f, record, history),
+                    "contribution": round(c, 5),
+                    "direction": "raises risk" if c > 0 else "lowers risk",
+                }
+            )
+        out.append(factors)
+    return out
+
+
 def top_factors(
     contrib: np.ndarray, record: dict[str, Any], history: PatientHistory | None, k: int = TOP_FACTORS
 ) -> list[dict[str, Any]]:
-    """The k largest SHAP contributions by magnitude, named in clinical terms with the input value."""
-    values = contrib[: len(FEATURE_NAMES)]
-    order = np.argsort(-np.abs(values))[:k]
-    out = []
-    for j in order:
-        c = float(values[j])
-        if c == 0.0:
-            continue
-        f = FEATURES[j]
-        out.append(
-            {
-                "feature": f.name,
-                "label": f.label,
-                "value": display_value(f, record, history),
-                "contribution": round(c, 5),
-                "direction": "raises risk" if c > 0 else "lowers risk",
-            }
-        )
-    return out
+    """factor_lists for one encounter."""
+    return factor_lists(contrib[None, :], [record], [history], k)[0]
 
 
 def _audit(
