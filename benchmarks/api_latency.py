@@ -12,6 +12,7 @@ batch ≥ 5,000 encounters/s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -125,6 +126,13 @@ def main() -> None:
     }
     samples = timed(lambda: app.app(no_explain, Context()), args.calls)
     print(f"/predict?explain=false, warm: {percentiles(samples)}")
+
+    # As deployed: Powertools writes each request's EMF metrics line to stdout (discarded here).
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "false"
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        samples = timed(lambda: app.app(event, Context()), args.calls)
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+    print(f"/predict with factors and EMF metrics on, as on Lambda: {percentiles(samples)}")
 
     model = ModelBundle.load(model_dir)
     x = np.zeros((1, len(model.meta["feature_names"])), dtype=np.float32)

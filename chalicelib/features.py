@@ -368,15 +368,16 @@ _GLU = np.array([[0, 0], [1, 0], [1, 1], [1, 1], [0, 0]], dtype=np.float32)
 _UP, _DOWN, _NO = (category_code("metformin", v) for v in ("Up", "Down", "No"))
 _MED_INDEX = {m: i for i, m in enumerate(MEDICATIONS)}
 _INSULIN = _MED_INDEX["insulin"]
-_MET = [_MED_INDEX[m] for m in METFORMINS]
-_SU = [_MED_INDEX[m] for m in SULFONYLUREAS]
-_TZD = [_MED_INDEX[m] for m in THIAZOLIDINEDIONES]
+_MET = np.array([_MED_INDEX[m] for m in METFORMINS], dtype=np.intp)  # index arrays: a list is converted per call
+_SU = np.array([_MED_INDEX[m] for m in SULFONYLUREAS], dtype=np.intp)
+_TZD = np.array([_MED_INDEX[m] for m in THIAZOLIDINEDIONES], dtype=np.intp)
 _CHANGED = category_code("change", "Ch")
 _ON_MED = category_code("diabetesMed", "Yes")
 _A1C_HIGH = (category_code("A1Cresult", ">7"), category_code("A1Cresult", ">8"))
 _LACE_LOS = np.array([0, 1, 2, 3, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 7], dtype=np.float32)  # index = days (≤ 14)
 _LACE_CHARLSON = np.array([0, 1, 2, 3] + [5] * 40, dtype=np.float32)
 _N_GROUPS = len(DIAG_GROUPS)
+_GROUP_CODES = np.arange(_N_GROUPS)
 
 
 @lru_cache(maxsize=8192)
@@ -429,6 +430,7 @@ def _diag_block(cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return group, charlson.reshape(-1), uncontrolled, numeric
 
 
+_sum, _any = np.add.reduce, np.logical_or.reduce
 # Column blocks of the feature matrix, resolved once (encode runs per request).
 _ADMISSION_SPAN = _span("admission_", ADMISSION_GROUPS)
 _SOURCE_SPAN = _span("source_", SOURCE_GROUPS)
@@ -441,7 +443,10 @@ _DIAGS_SPAN = _span("diags_", DIAG_GROUPS)
 
 
 def encode(cols: Columns, history: np.ndarray | None = None) -> np.ndarray:
-    """Feature matrix (n × len(FEATURES), float32) of encounters in columnar form."""
+    """Feature matrix (n × len(FEATURES), float32) of encounters in columnar form.
+
+    The API calls this for one row per request, where numpy's per-call cost is the cost: reductions are the
+    ufuncs' own (``np.add.reduce``), not the ndarray methods' Python wrappers."""
     n = len(cols["time_in_hospital"])
     out = np.zeros((n, len(FEATURES)), dtype=np.float32)
     c = cols
@@ -463,7 +468,7 @@ def encode(cols: Columns, history: np.ndarray | None = None) -> np.ndarray:
     counts = np.array([c[k] for k in COUNTS]).T  # (n, 8); np.stack costs 3× more
     out[:, _COUNTS_SPAN] = counts
     los, labs, meds_n, inpatient = counts[:, 0], counts[:, 1], counts[:, 3], counts[:, 7]
-    out[:, _IDX["total_visits"]] = counts[:, 5:8].sum(axis=1)
+    out[:, _IDX["total_visits"]] = _sum(counts[:, 5:8], axis=1)
     out[:, _IDX["any_inpatient"]] = inpatient > 0
 
     a1c = c["A1Cresult"]
@@ -472,28 +477,28 @@ def encode(cols: Columns, history: np.ndarray | None = None) -> np.ndarray:
 
     meds = np.array([c[m] for m in MEDICATIONS]).T
     on = meds != _NO
-    up = (meds == _UP).sum(axis=1)
-    down = (meds == _DOWN).sum(axis=1)
+    up = _sum(meds == _UP, axis=1)
+    down = _sum(meds == _DOWN, axis=1)
     insulin = meds[:, _INSULIN]
     changed = c["change"] == _CHANGED
-    out[:, _IDX["meds_active"]] = on.sum(axis=1)
+    out[:, _IDX["meds_active"]] = _sum(on, axis=1)
     out[:, _IDX["meds_changed"]] = up + down
     out[:, _IDX["meds_up"]] = up
     out[:, _IDX["meds_down"]] = down
     out[:, _IDX["insulin_on"]] = insulin != _NO
     out[:, _IDX["insulin_up"]] = insulin == _UP
     out[:, _IDX["insulin_down"]] = insulin == _DOWN
-    out[:, _IDX["metformin_on"]] = on[:, _MET].any(axis=1)
-    out[:, _IDX["sulfonylurea_on"]] = on[:, _SU].any(axis=1)
-    out[:, _IDX["tzd_on"]] = on[:, _TZD].any(axis=1)
+    out[:, _IDX["metformin_on"]] = _any(on[:, _MET], axis=1)
+    out[:, _IDX["sulfonylurea_on"]] = _any(on[:, _SU], axis=1)
+    out[:, _IDX["tzd_on"]] = _any(on[:, _TZD], axis=1)
     out[:, _IDX["med_change"]] = changed
     out[:, _IDX["diabetes_med"]] = c["diabetesMed"] == _ON_MED
 
     group, charlson, uncontrolled, numeric = _diag_block(c)
-    out[:, _DIAG1_SPAN] = group[:, :1] == np.arange(_N_GROUPS)
+    out[:, _DIAG1_SPAN] = group[:, :1] == _GROUP_CODES
     out[:, _DIAG_CODES_SPAN] = numeric
-    out[:, _DIAGS_SPAN] = (group[:, :, None] == np.arange(_N_GROUPS)).sum(axis=1)
-    out[:, _IDX["diags_missing"]] = (group < 0).sum(axis=1)
+    out[:, _DIAGS_SPAN] = _sum(group[:, :, None] == _GROUP_CODES, axis=1)
+    out[:, _IDX["diags_missing"]] = _sum(group < 0, axis=1)
     out[:, _IDX["diabetes_uncontrolled"]] = uncontrolled
     out[:, _IDX["charlson_index"]] = charlson
     adm = c["admission_type_id"]

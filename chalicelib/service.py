@@ -125,7 +125,7 @@ def factor_lists(
     Ranked for the whole batch in one sort (ties go to the earlier feature)."""
     values = contribs[:, : len(FEATURE_NAMES)]
     order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
-    chosen = np.take_along_axis(values, order, axis=1).tolist()
+    chosen = values[np.arange(len(values))[:, None], order].tolist()
     out = []
     for row, record, history, picked in zip(order.tolist(), records, histories, chosen, strict=True):
         factors = []
