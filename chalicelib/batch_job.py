@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from . import settings as app_settings
 from .audit import PredictionLog, open_prediction_log
+from .aws_clients import LazyClient
 from .batch_events import RESULTS, BatchJob, MapBatch, MergeInput
 from .batch_output import OUTPUT_COLUMNS, STATUSES, Summary, from_csv, merge, score_rows, to_csv
 from .batch_rows import Item, RowValidator, from_items, write_items
@@ -143,13 +144,7 @@ class BatchJobs:
         self._log = log
         self.models = models or ModelCache(settings, s3_client)
 
-    @property
-    def s3(self) -> Any:
-        if self._s3 is None:
-            import boto3  # lazily: constructing the jobs needs no credentials
-
-            self._s3 = boto3.client("s3")
-        return self._s3
+    s3 = LazyClient("s3")
 
     @property
     def log(self) -> PredictionLog:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import settings, telemetry
+from .aws_clients import LazyClient
 from .features import FEATURE_BY_NAME, FEATURES
 
 FallbackReason = Literal["not_configured", "throttled", "timeout", "error", "ungrounded"]
@@ -162,11 +163,7 @@ class BedrockChat:
         self.model_id = model_id
         self._client = client
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = bedrock_client()
-        return self._client
+    client = LazyClient("bedrock-runtime", bedrock_client)
 
     def ask(self, system: str, prompt: str) -> str:
         from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import settings
+from .aws_clients import LazyClient
 from .features import DISCHARGE_GROUPS, DISCHARGE_LABELS, FEATURE_NAMES, Columns, encode
 from .icd9 import diag_group
 from .schema import COLUMN_BY_NAME, FEATURE_INPUTS, MEDICATIONS
@@ -183,13 +184,7 @@ class BedrockEmbedder:
         self.dimension = dimension
         self.workers = workers
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("bedrock-runtime")
-        return self._client
+    client = LazyClient("bedrock-runtime")
 
     def embed(self, cols: Columns) -> np.ndarray:
         n = len(cols["time_in_hospital"])

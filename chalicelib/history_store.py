@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from . import settings
+from .aws_clients import LazyClient
 from .features import PatientHistory
 
 ENV_HISTORY = "READMIT_HISTORY"  # history store URI: dynamodb://table-name or a SQLite file path
@@ -145,14 +146,7 @@ class DynamoDBHistoryStore:
         self.table_name = table_name
         self._client = client
 
-    @property
-    def client(self) -> Any:
-        # Created lazily so constructing a store needs no credentials or network.
-        if self._client is None:
-            import boto3  # lazily: ~0.4 s of cold start that local runs do not need
-
-            self._client = boto3.client("dynamodb")
-        return self._client
+    client = LazyClient("dynamodb")
 
     def create_table(self) -> None:
         """Create the on-demand table (tests and local setup; deployments declare it in the template)."""

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .aws_clients import LazyClient
+
 ENV_IMAGE = "READMIT_TRAINING_IMAGE"  # a SageMaker framework image (e.g. the XGBoost or SKLearn container)
 ENV_ROLE = "READMIT_SAGEMAKER_ROLE_ARN"
 ENV_SOURCE = "READMIT_SOURCE_URI"  # s3://…/sourcedir.tar.gz holding chalicelib/ and requirements
@@ -56,13 +58,7 @@ class TrainingJobs:
         self.settings = settings
         self._client = client
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("sagemaker")
-        return self._client
+    client = LazyClient("sagemaker")
 
     def start(self, name: str, data_uri: str, hyperparameters: Mapping[str, Any]) -> str:
         s = self.settings or TrainingSettings.from_env()

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from .aws_clients import LazyClient
+
 _TMP_PREFIX = ".tmp-"  # in-flight local writes; never listed
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
@@ -111,14 +113,7 @@ class S3Storage:
         self.prefix = prefix.strip("/")
         self._client = client
 
-    @property
-    def client(self) -> Any:
-        # Created lazily so constructing a storage needs no credentials or network.
-        if self._client is None:
-            import boto3  # lazily: ~0.4 s of cold start that local runs do not need
-
-            self._client = boto3.client("s3")
-        return self._client
+    client = LazyClient("s3")
 
     @property
     def uri(self) -> str:
