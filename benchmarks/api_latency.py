@@ -176,22 +176,12 @@ def main() -> None:
 def real_encounters(data: str | None, n: int) -> list[dict[str, object]]:
     """n in-cohort rows of the UCI file as the API receives them (its own strings; '?' = missing)."""
     import csv
-    import io
-    import zipfile
 
-    from chalicelib.dataset import CSV_MEMBER, locate
+    from chalicelib.dataset import locate, open_text
     from chalicelib.schema import EXCLUDED_DISPOSITIONS
 
-    path = locate(data, download=False)
-    if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as zf:
-            member = next(m for m in zf.namelist() if m.endswith(CSV_MEMBER))
-            text = zf.read(member).decode()
-    else:
-        text = path.read_text()
-    rows = [
-        r for r in csv.DictReader(io.StringIO(text)) if int(r["discharge_disposition_id"]) not in EXCLUDED_DISPOSITIONS
-    ]
+    with open_text(locate(data, download=False)) as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["discharge_disposition_id"]) not in EXCLUDED_DISPOSITIONS]
     picked = np.random.default_rng(0).choice(len(rows), n, replace=False)
     return [rows[i] for i in picked]
 

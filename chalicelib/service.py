@@ -91,12 +91,10 @@ class Predictor:
         else:
             risk, contribs = model.risk(X), None
         tiers = model.tiers(risk)
-        factors: list[list[dict[str, Any]] | None] = (
-            list(factor_lists(contribs, records, histories)) if contribs is not None else [None] * len(records)
-        )
+        factors = factor_lists(contribs, records, histories) if contribs is not None else None
         results = [
-            Scored(r, tier, f, h.encounters if h else 0)
-            for r, tier, f, h in zip(risk.tolist(), tiers, factors, histories, strict=True)
+            Scored(r, tiers[i], factors[i] if factors is not None else None, h.encounters if h else 0)
+            for i, (r, h) in enumerate(zip(risk.tolist(), histories, strict=True))
         ]
         if self.log is not None:
             at = datetime.now(UTC).strftime(AUDIT_TIME)  # one request, one time
@@ -144,13 +142,6 @@ def factor_lists(
             )
         out.append(factors)
     return out
-
-
-def top_factors(
-    contrib: np.ndarray, record: dict[str, Any], history: PatientHistory | None, k: int = TOP_FACTORS
-) -> list[dict[str, Any]]:
-    """factor_lists for one encounter."""
-    return factor_lists(contrib[None, :], [record], [history], k)[0]
 
 
 def _audit(

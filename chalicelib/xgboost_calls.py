@@ -10,7 +10,9 @@ loaded, with the configs prepared once: the numbers are XGBoost's, bit for bit (
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
+import math
 
 import numpy as np
 import xgboost as xgb
@@ -29,11 +31,9 @@ _CONTRIBUTIONS = json.dumps({"type": 2, **_PREDICT_BASE}).encode()  # 2: exact S
 _VALUE = json.dumps({"type": 0, **_PREDICT_BASE, "missing": float("nan"), "cache_id": 0}).encode()
 
 
+@functools.cache
 def _dense_config(threads: int) -> bytes:
     return json.dumps({"missing": float("nan"), "nthread": threads, "data_split_mode": 0}).encode()
-
-
-_DENSE_CONFIGS = {threads: _dense_config(threads) for threads in (1, 2, 4, 8)}
 
 
 def _check(code: int) -> None:
@@ -60,7 +60,7 @@ def _result(shape: ctypes._Pointer, dims: ctypes.c_uint64, out: ctypes._Pointer,
     got = tuple(shape[i] for i in range(dims.value))
     if got != expect:
         raise XGBoostError(f"XGBoost returned shape {got}, expected {expect}")
-    size = expect[0] * expect[1] if len(expect) == 2 else expect[0]
+    size = math.prod(expect)
     # XGBoost owns the buffer until this thread's next call: copy it out now.
     return (
         np.frombuffer((ctypes.c_float * size).from_address(ctypes.addressof(out.contents)), np.float32)
@@ -72,9 +72,8 @@ def _result(shape: ctypes._Pointer, dims: ctypes.c_uint64, out: ctypes._Pointer,
 def contributions(booster: xgb.Booster, X: np.ndarray, threads: int = 1) -> np.ndarray:
     """SHAP values (n × (features + 1), the bias last), as ``predict(..., pred_contribs=True)`` returns them."""
     X = _matrix(X)
-    config = _DENSE_CONFIGS.get(threads) or _dense_config(threads)
     handle = ctypes.c_void_p()
-    _check(_CREATE_DENSE(_interface(X), config, ctypes.byref(handle)))
+    _check(_CREATE_DENSE(_interface(X), _dense_config(threads), ctypes.byref(handle)))
     try:
         shape, dims, out = ctypes.POINTER(_ULONG)(), _ULONG(), ctypes.POINTER(ctypes.c_float)()
         _check(
