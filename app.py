@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 from chalice import Chalice
 from chalice import Response as ChaliceResponse
+from chalice.app import Request as ChaliceRequest
 
 from chalicelib import telemetry
 from chalicelib.api import ReadmitAPI, Request, Response
@@ -13,6 +17,7 @@ from chalicelib.api import ReadmitAPI, Request, Response
 app = Chalice(app_name="readmit-api")  # not "readmit": Chalice would set the Powertools logger to ERROR
 app.debug = False  # never send stack traces to callers
 ANY = ["*/*"]  # accept every Content-Type so a wrong one gets our 415 body, not Chalice's
+CATCH_ALL = "/{proxy+}"  # template.yaml's CatchAll event: API Gateway sends every path no other resource has here
 _api: ReadmitAPI | None = None
 
 
@@ -34,6 +39,52 @@ def _respond(response: Response) -> ChaliceResponse:
     telemetry.flush()
     headers = {"Content-Type": response.content_type, **response.headers}
     return ChaliceResponse(body=response.payload(), status_code=response.status, headers=headers)
+
+
+@app.middleware("http")
+def unrouted(event: ChaliceRequest, get_response: Callable[[ChaliceRequest], ChaliceResponse]) -> ChaliceResponse:
+    """Requests no route below serves (the catch-all resource, or a method the route lacks) get the API's 404 or
+    405, not Chalice's 405 with an empty Allow header."""
+    if event.method in app.routes.get(event.path, {}):  # event.path is the API Gateway resource
+        return get_response(event)
+    path = event.path
+    if path == CATCH_ALL:  # API Gateway passes the rest of the path as the "proxy" path parameter
+        path = "/" + ((event.uri_params or {}).get("proxy") or "")
+    routes = {route: list(methods) for route, methods in app.routes.items()}
+    return _respond(api().unrouted(_request(), path, event.method, routes))
+
+
+def local_server(config: Any, host: str, port: int) -> Any:
+    """`readmit serve`'s HTTP server: Chalice's local server, which answers a path no route matches with API
+    Gateway's 403, given the CatchAll resource template.yaml declares, so unknown paths reach ``unrouted`` as on
+    AWS. Used only locally (chalice.local is not imported on Lambda)."""
+    from functools import partial
+
+    from chalice import local
+
+    class CatchAllMatcher(local.RouteMatcher):
+        def match_route(self, url: str) -> local.MatchResult:
+            try:
+                return super().match_route(url)
+            except ValueError:
+                parsed = urlparse(url)
+                query = parse_qs(parsed.query, keep_blank_values=True)
+                return local.MatchResult(CATCH_ALL, {"proxy": parsed.path.strip("/")}, query)
+
+    class Handler(local.ChaliceRequestHandler):
+        def __init__(self, request: Any, client_address: Any, server: Any, app_object: Chalice, config: Any) -> None:
+            self.local_gateway = local.LocalGateway(app_object, config)
+            matcher = CatchAllMatcher([r for r in app_object.routes if r != CATCH_ALL])
+            self.local_gateway.event_converter = local.LambdaEventConverter(matcher, app_object.api.binary_types)
+            local.BaseHTTPRequestHandler.__init__(self, request, client_address, server)
+
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            """The access line without the path, which may carry an identifier (http.server logs it all)."""
+            self.log_message('"%s" %s', self.command, str(code))
+
+    server = local.create_local_server(app, config, host, port)
+    server.server.RequestHandlerClass = partial(Handler, app_object=app, config=config)
+    return server
 
 
 @app.route("/predict", methods=["POST"], content_types=ANY)

@@ -11,7 +11,7 @@ import gc
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from .api_models import (
 )
 from .audit import open_prediction_log
 from .chat import Explainer, Facts
-from .errors import ApiError, InvalidQuery, UnsupportedMediaType, ValidationFailed
+from .errors import ApiError, InvalidQuery, MethodNotAllowed, RouteNotFound, UnsupportedMediaType, ValidationFailed
 from .features import FEATURES
 from .history_store import open_history_store
 from .model_provider import DEFAULT_CHECK_INTERVAL, ModelProvider
@@ -40,6 +40,7 @@ from .similar_models import IndexNotReady, parse_chat, parse_similar
 from .vectors import DimensionMismatch, IndexMissing, StoreNotConfigured
 
 ENV_CHECK_INTERVAL = "READMIT_CHECK_INTERVAL"
+UNROUTED = "(unrouted)"  # the route label of unknown paths: bounded metric labels, and no path in the logs
 log = telemetry.logger
 
 
@@ -80,6 +81,27 @@ def _flag(request: Request, name: str, default: bool) -> bool:
     if value.lower() in ("false", "0", "no"):
         return False
     raise InvalidQuery(name, f"must be true or false, got {value!r}")
+
+
+def _matches(template: str, path: str) -> bool:
+    """Whether ``path`` is an instance of the route ``template``, as API Gateway matches resources: ``{name}``
+    is one non-empty segment, ``{name+}`` (greedy) the non-empty rest; a trailing slash is ignored."""
+    want, got = template.rstrip("/").split("/"), path.rstrip("/").split("/")
+    for i, part in enumerate(want):
+        if part.startswith("{") and part.endswith("+}"):
+            return len(got) > i and all(got[i:])
+        if i >= len(got) or not (got[i] if part.startswith("{") and part.endswith("}") else got[i] == part):
+            return False
+    return len(got) == len(want)
+
+
+def route_error(path: str, method: str, routes: Mapping[str, Iterable[str]]) -> ApiError:
+    """Why ``method path`` reached no route: 405 (with the methods the path has) when some route matches the path,
+    else 404. ``routes`` maps each route template to its methods."""
+    allowed = {m for template, methods in routes.items() if _matches(template, path) for m in methods}
+    if allowed and method not in allowed:
+        return MethodNotAllowed(method, sorted(allowed))
+    return RouteNotFound()
 
 
 def _require_json(request: Request) -> None:
@@ -206,6 +228,15 @@ class ReadmitAPI:
 
         return self._handle("/model/plots/{name}", request, run)
 
+    def unrouted(self, request: Request, path: str, method: str, routes: Mapping[str, Iterable[str]]) -> Response:
+        """A request no route serves (API Gateway's catch-all resource, or a method the route lacks): 404, or 405
+        with an Allow header, in the error format of every other route."""
+
+        def run(_r: Request) -> Response:
+            raise route_error(path, method, routes)
+
+        return self._handle(UNROUTED, request, run)
+
     # -- implementation ---------------------------------------------------------------------------
     def _predict(self, request: Request) -> Response:
         _require_json(request)
@@ -313,7 +344,7 @@ class ReadmitAPI:
                     "request_id": request.request_id,
                 },
             )
-            response = Response(exc.status, exc.body(request.request_id))
+            response = Response(exc.status, exc.body(request.request_id), headers=exc.headers())
         except Exception as exc:  # the one place an unexpected failure becomes a clean 500
             log.error(
                 "request failed",

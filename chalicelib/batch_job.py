@@ -315,6 +315,12 @@ def score(event: dict[str, Any], jobs: BatchJobs | None = None) -> dict[str, Any
     return jobs.score_file(_parsed(lambda: BatchJob.from_event(event)))
 
 
+def score_map_batch(event: dict[str, Any], jobs: BatchJobs | None = None) -> dict[str, Any]:
+    """BatchScoreMapFunction: one Distributed Map batch only ({"Items", "BatchInput"}), so that function never
+    holds the whole-file path (or its permissions)."""
+    return (jobs or default_jobs()).score_batch(_parsed(lambda: MapBatch.model_validate(event)))
+
+
 def prepare_step(event: dict[str, Any], jobs: BatchJobs | None = None) -> dict[str, Any]:
     """BatchPrepareFunction: the large-file path's first step."""
     return (jobs or default_jobs()).prepare(_parsed(lambda: BatchJob.from_event(event)))

@@ -11,6 +11,11 @@ its patient's earlier encounters in the file (five counts, "" for none) and its 
 column names travel once per batch. Distributed Map counts every byte of a batch against Step Functions'
 256 KiB payload limit, and the UCI row as a JSON object with its 50 keys is ~1.2 kB, this one ~0.24 kB, so
 1,000 rows fit in a batch.
+
+The prepared file is read by the Distributed Map's CSV ItemReader, not by Python's csv module, and the two differ:
+Step Functions treats a backslash as an escape and silently drops one before any other character. ``write_items``
+therefore doubles every backslash, and ``read_item_reader_csv`` is that reader as documented (the tests and the
+benchmark read the prepared file through it), so both batch paths see the same fields.
 """
 
 from __future__ import annotations
@@ -182,11 +187,81 @@ def from_items(validator: RowValidator, items: Iterable[Item]) -> list[Row]:
 
 
 def write_items(items: Iterable[Item], fh: TextIO) -> int:
-    """The prepared file the Distributed Map reads: a CSV with the header line,hist,row; returns the row count."""
+    """The prepared file the Distributed Map reads: a CSV with the header line,hist,row; returns the row count.
+
+    Quotes are doubled inside quoted fields (csv's default, and what Step Functions recommends) and every backslash
+    is doubled, so ``read_item_reader_csv`` (Step Functions) gives back each item exactly."""
     writer = csv.writer(fh, lineterminator="\n")
     writer.writerow(ITEM_FIELDS)
     n = 0
     for item in items:
-        writer.writerow((item["line"], item["hist"], item["row"]))
+        writer.writerow(tuple(item[name].replace(_BACKSLASH, _BACKSLASH * 2) for name in ITEM_FIELDS))
         n += 1
     return n
+
+
+# ---- Step Functions' CSV ItemReader ----------------------------------------------------------------------------
+# The rules, from "How Step Functions parses input CSV files"
+# (https://docs.aws.amazon.com/step-functions/latest/dg/example-csv-parse-dist-map.html):
+# - fields are separated by the delimiter (CSVDelimiter, default COMMA), records by newlines;
+# - fields are strings; double quotes are not required, but a quoted string may hold delimiters and newlines;
+# - a double quote is preserved by repeating it (the page's example reads the unquoted field {""MyKey"":""MyValue""}
+#   as {"MyKey":"MyValue"});
+# - a backslash escapes another backslash, a double quote or the delimiter; "a backslash followed by any other
+#   character is silently removed";
+# - with CSVHeaderLocation FIRST_ROW the first record names the fields; a row with fewer fields gets empty strings
+#   for the missing ones, and a row with more has the extra fields skipped.
+# Not documented, and never written by write_items: a lone double quote inside an unquoted field (kept as it is)
+# and a backslash at the very end of the file (dropped, as before "any other character").
+_BACKSLASH, _QUOTE = "\\", '"'
+
+
+def _item_reader_records(text: str, delimiter: str = ",") -> Iterator[list[str]]:
+    """The records of ``text`` as Step Functions' CSV ItemReader splits them (rules above)."""
+    fields: list[str] = []
+    field: list[str] = []
+    start = True  # nothing of this field read yet: a double quote here opens a quoted string
+    quoted = False
+    i, n = 0, len(text)
+    while i < n:
+        ch, nxt = text[i], text[i + 1 : i + 2]
+        i += 1
+        if ch == _BACKSLASH:
+            if nxt and nxt in (_BACKSLASH, _QUOTE, delimiter):
+                field.append(nxt)
+                i += 1
+            # else: the backslash is silently removed and the next character read as usual
+        elif ch == _QUOTE and start:
+            quoted = True
+        elif ch == _QUOTE and nxt == _QUOTE:  # a repeated quote is one quote
+            field.append(_QUOTE)
+            i += 1
+        elif ch == _QUOTE and quoted:
+            quoted = False
+        elif not quoted and ch == delimiter:
+            fields.append("".join(field))
+            field, start = [], True
+            continue
+        elif not quoted and ch in "\r\n":
+            if ch == "\r" and nxt == "\n":
+                i += 1
+            fields.append("".join(field))
+            yield fields
+            fields, field, start = [], [], True
+            continue
+        else:
+            field.append(ch)
+        start = False
+    if not start or fields:
+        fields.append("".join(field))
+        yield fields
+
+
+def read_item_reader_csv(text: str, delimiter: str = ",") -> list[Item]:
+    """The items a Distributed Map's CSV ItemReader (CSVHeaderLocation FIRST_ROW) hands over for ``text``."""
+    records = _item_reader_records(text, delimiter)
+    header = next(records, None)
+    if header is None:
+        return []
+    width = len(header)
+    return [dict(zip(header, [*record[:width], *[""] * (width - len(record))], strict=True)) for record in records]

@@ -348,7 +348,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ[settings.ENV_REGISTRY] = args.registry
     if args.check_interval is not None:
         os.environ["READMIT_CHECK_INTERVAL"] = str(args.check_interval)
-    server = factory.create_local_server(config.chalice_app, config, args.host, args.port)
+    from app import local_server  # app.py, which create_config_obj imported from the project folder
+
+    server = local_server(config, args.host, args.port)  # like template.yaml's catch-all: unknown paths get 404
     _err(f"readmit API on http://{args.host}:{args.port} (stage {args.stage}); Ctrl-C stops it")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
@@ -395,6 +397,23 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         _err(f"readmit invoke: took longer than the function's Timeout ({spec.timeout} s): Lambda would stop it")
     print(text)
     return status
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
+    """After a deploy: one call of each of the stack's services, and what passed (chalicelib/smoke.py)."""
+    from .smoke import SmokeOptions, main
+
+    options = SmokeOptions(
+        stack=args.stack, retrain=not args.no_retrain, batch=not args.no_batch, wait_seconds=args.wait
+    )
+    return main(options, args.region, args.json)
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def _pairs(items: list[str] | None, flag: str) -> list[tuple[str, str]]:
@@ -523,6 +542,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--parameter", action="append", metavar="NAME=VALUE", help="override a template parameter")
     s.add_argument("--template", help="template.yaml (default: ./template.yaml, else the project's)")
     s.set_defaults(func=cmd_invoke)
+
+    s = sub.add_parser("smoke", help="after a deploy: call the API, start a retraining, score a list; say what works")
+    s.add_argument("--stack", required=True, help="the CloudFormation stack, e.g. readmit-dev")
+    s.add_argument("--region", help="default: the AWS CLI's (AWS_REGION, the profile)")
+    s.add_argument("--no-retrain", action="store_true", help="do not start a retraining")
+    s.add_argument("--no-batch", action="store_true", help="do not upload a list for batch scoring")
+    s.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS", help="wait for both runs (default 0)")
+    s.add_argument("--json", action="store_true", help="print the checks as JSON")
+    s.set_defaults(func=cmd_smoke)
     return p
 
 

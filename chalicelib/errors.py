@@ -25,6 +25,10 @@ class ApiError(Exception):
             out["request_id"] = request_id
         return out
 
+    def headers(self) -> dict[str, str]:
+        """Response headers the status requires (none for most)."""
+        return {}
+
 
 class MalformedJson(ApiError):
     """The body is not JSON."""
@@ -75,3 +79,22 @@ class NotFound(ApiError):
 
     def __init__(self, where: str, message: str) -> None:
         super().__init__("not found", [Detail(where, message)], 404)
+
+
+class RouteNotFound(NotFound):
+    """No route serves this path (the catch-all resource's answer; the path itself is not echoed or logged)."""
+
+    def __init__(self) -> None:
+        super().__init__("path", "no route serves this path; GET /openapi.json lists the routes")
+
+
+class MethodNotAllowed(ApiError):
+    """The path is a route, but not for this method; ``Allow`` lists the methods it has (RFC 9110, 15.5.6)."""
+
+    def __init__(self, method: str, allowed: list[str]) -> None:
+        self.allowed = sorted(allowed)
+        message = f"{method} is not supported here; allowed: {', '.join(self.allowed)}"
+        super().__init__("method not allowed", [Detail("method", message)], 405)
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}

@@ -3,10 +3,12 @@ request) → the file's labelled encounters embedded and upserted into the vecto
 
 Three kinds of failure, three outcomes:
 - a message that can never succeed (not JSON, not an event we know, an unsupported file type, an object that no
-  longer exists) is a ``PoisonMessage``: it goes to the dead-letter queue at once, with its reason as a message
-  attribute, and is acknowledged so it does not block or repeat;
-- rows of a file that fail validation are reported to the dead-letter queue too (line numbers and field names,
-  never values), while the file's valid rows are indexed;
+  longer exists) is a ``PoisonMessage``: the handler logs its reason with the message id and reports it as a
+  failed batch item, so SQS moves it to the dead-letter queue after the queue's maxReceiveCount;
+- rows of a file that fail validation are reported, line numbers and field names only (never values), as one S3
+  object per source object version and chunk (``report_key``), while the file's valid rows are indexed. A
+  redelivery writes the same key with the same content, so the dead-letter queue only ever holds messages SQS
+  moved there, and a redrive of it sends back source events, never reports;
 - anything else (S3, Bedrock or the store unavailable, throttling) propagates, so the batch reports that one
   message as failed and SQS redelivers it, up to the queue's maxReceiveCount, then moves it to the DLQ.
 Writes are idempotent: a point's id is the salted hash of its encounter id, so redelivery overwrites.
@@ -19,13 +21,17 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote, unquote_plus
+
+from pydantic import BaseModel
 
 from . import settings, telemetry
 from .embedding import Embedder
@@ -35,8 +41,11 @@ from .vectors import VectorStore
 
 CHUNK_ROWS = 2000  # rows per invocation: with Titan at ~20 calls/s per worker this stays well inside 15 minutes
 FORMATS = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".ndjson")
-MAX_REPORTED_ROWS = 1000  # keeps a dead-letter message well under SQS's 256 KB
 NOT_AN_OBJECT = "__not_an_object__"
+ENV_INGEST_REPORT_URI = "READMIT_INGEST_REPORT_URI"  # invalid-row reports: s3://bucket/prefix or a folder
+ENV_INGEST_KMS_KEY = "READMIT_INGEST_KMS_KEY"  # the KMS key reports are written with (else the bucket's default)
+DEFAULT_REPORT_FOLDER = "ingest-reports"  # under $READMIT_HOME when no URI is set (local replays)
+MAX_KEY_BYTES = 1024  # S3 object keys: https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html
 
 
 class PoisonMessage(Exception):
@@ -62,7 +71,63 @@ class Report:
     unlabelled: int = 0
     invalid: int = 0
     chunks_sent: int = 0
-    bad_rows: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)  # where this message's invalid-row reports were written
+
+    def add(self, other: Report) -> None:
+        for name in ("indexed", "excluded", "unlabelled", "invalid", "chunks_sent"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.reports += other.reports
+
+
+@dataclass(frozen=True)
+class Source:
+    """The bytes of one S3 object as read, and which version of it they are (GetObject's ETag and VersionId)."""
+
+    body: bytes
+    etag: str
+    version_id: str | None
+
+    @property
+    def version(self) -> str:
+        """The object's version id in a versioned bucket, else its ETag: a new upload gets a new report key."""
+        return self.version_id or self.etag
+
+
+class BadRow(BaseModel):
+    line: int
+    fields: list[str]  # the names of the fields that failed, never their values
+
+
+class InvalidRowsReport(BaseModel):
+    """The report of one source object version (and chunk): a function of the rows read, so a redelivery writes
+    the same bytes to the same key."""
+
+    source: str
+    version_id: str | None
+    etag: str
+    start: int
+    stop: int | None
+    rows: int
+    indexed: int
+    excluded: int
+    unlabelled: int
+    invalid_rows: int
+    bad_rows: list[BadRow]
+
+
+def report_key(prefix: str, chunk: Chunk, version: str) -> str:
+    """``<prefix>/<source key>.<version>[.rows-<start>-<stop>].json``; a source key too long to fit in S3's 1,024
+    bytes is replaced by its sha256."""
+    rows = (
+        ""
+        if chunk.start == 0 and chunk.stop is None
+        else f".rows-{chunk.start}-{'' if chunk.stop is None else chunk.stop}"
+    )
+    root = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    key = f"{root}{chunk.key}.{version}{rows}.json"
+    if len(key.encode()) > MAX_KEY_BYTES:
+        key = f"{root}sha256-{hashlib.sha256(chunk.key.encode()).hexdigest()}.{version}{rows}.json"
+    return key
 
 
 def parse_message(body: str) -> list[Chunk] | None:
@@ -147,11 +212,13 @@ class Ingestor:
         store: VectorStore,
         *,
         queue_url: str | None,
-        dlq_url: str,
+        report_uri: str,
+        kms_key_id: str | None = None,
         chunk_rows: int = CHUNK_ROWS,
     ) -> None:
         self.s3, self.sqs, self.embedder, self.store = s3, sqs, embedder, store
-        self.queue_url, self.dlq_url, self.chunk_rows = queue_url, dlq_url, chunk_rows
+        self.queue_url, self.chunk_rows = queue_url, chunk_rows
+        self.report_uri, self.kms_key_id = report_uri, kms_key_id
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Ingestor:
@@ -166,7 +233,8 @@ class Ingestor:
             open_embedder(env=env),
             open_vector_store(env=env),
             queue_url=env.get(settings.ENV_INGEST_QUEUE_URL),
-            dlq_url=env[settings.ENV_INGEST_DLQ_URL],
+            report_uri=env.get(ENV_INGEST_REPORT_URI) or str(settings.home() / DEFAULT_REPORT_FOLDER),
+            kms_key_id=env.get(ENV_INGEST_KMS_KEY) or None,
             chunk_rows=int(env.get(settings.ENV_INGEST_CHUNK_ROWS) or CHUNK_ROWS),
         )
 
@@ -175,42 +243,68 @@ class Ingestor:
         report = Report()
         for chunk in parse_message(body) or []:
             self._chunk(chunk, report)
-        if report.invalid:
-            body = {"reason": "invalid rows", "invalid_rows": report.invalid, "rows": report.bad_rows}
-            self._dead_letter(json.dumps(body), "invalid rows", "rows")
         return report
-
-    def dead_letter(self, body: str, reason: str, message_id: str) -> None:
-        """Park an unprocessable message in the DLQ with its reason (a failure here is retried by SQS)."""
-        self._dead_letter(body, reason, message_id)
-
-    def _dead_letter(self, body: str, reason: str, source: str) -> None:
-        self.sqs.send_message(
-            QueueUrl=self.dlq_url,
-            MessageBody=body,
-            MessageAttributes={
-                "reason": {"DataType": "String", "StringValue": reason[:256]},
-                "source": {"DataType": "String", "StringValue": source or "unknown"},
-            },
-        )
 
     def _chunk(self, chunk: Chunk, report: Report) -> None:
         check_format(chunk.key)  # before fetching: a PDF is poison whether or not it still exists
-        rows = list(read_rows(self._get(chunk), chunk.key))
+        source = self._get(chunk)
+        rows = list(read_rows(source.body, chunk.key))
         if chunk.stop is None and chunk.start == 0 and len(rows) > self.chunk_rows:
             report.chunks_sent += self._fan_out(chunk, len(rows))
             return
-        self._index(chunk, rows[chunk.start : chunk.stop], report)
+        part, bad_rows = self._index(rows[chunk.start : chunk.stop])
+        if bad_rows:  # after indexing: a failure before this point is retried, and the retry writes the report
+            document = InvalidRowsReport(
+                source=f"s3://{chunk.bucket}/{chunk.key}",
+                version_id=source.version_id,
+                etag=source.etag,
+                start=chunk.start,
+                stop=chunk.stop,
+                rows=len(rows[chunk.start : chunk.stop]),
+                indexed=part.indexed,
+                excluded=part.excluded,
+                unlabelled=part.unlabelled,
+                invalid_rows=part.invalid,
+                bad_rows=bad_rows,
+            )
+            part.reports.append(self._write_report(chunk, source, document))
+        report.add(part)
 
-    def _get(self, chunk: Chunk) -> bytes:
+    def _get(self, chunk: Chunk) -> Source:
         from botocore.exceptions import ClientError
 
         try:
-            return self.s3.get_object(Bucket=chunk.bucket, Key=chunk.key)["Body"].read()
+            got = self.s3.get_object(Bucket=chunk.bucket, Key=chunk.key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket"):
                 raise PoisonMessage("the object no longer exists") from None
             raise
+        # GetObjectOutput: ETag (quoted) and, in a versioned bucket, VersionId ("null" for an object stored before
+        # versioning was enabled): botocore/data/s3/2006-03-01/service-2.json
+        version_id = got.get("VersionId")
+        return Source(got["Body"].read(), got["ETag"].strip('"'), None if version_id in (None, "null") else version_id)
+
+    def _write_report(self, chunk: Chunk, source: Source, document: InvalidRowsReport) -> str:
+        """PutObject to the same key on every delivery: a redelivery overwrites, never adds a second report."""
+        body = document.model_dump_json(indent=2).encode()
+        if self.report_uri.startswith("s3://"):
+            bucket, _, prefix = self.report_uri[len("s3://") :].partition("/")
+            key = report_key(prefix, chunk, source.version)
+            # SSE-KMS as batch scoring writes its outputs (PutObjectRequest: ServerSideEncryption, SSEKMSKeyId)
+            extra = {"ServerSideEncryption": "aws:kms", "ContentType": "application/json"}
+            if self.kms_key_id:
+                extra["SSEKMSKeyId"] = self.kms_key_id
+            self.s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+            return f"s3://{bucket}/{key}"
+        name = quote(report_key("", chunk, source.version), safe="")  # one flat file name per report (local runs)
+        if len(name) > 200:
+            name = f"{hashlib.sha256(name.encode()).hexdigest()}.json"
+        path = Path(self.report_uri) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(body)
+        tmp.replace(path)
+        return str(path)
 
     def _fan_out(self, chunk: Chunk, n: int) -> int:
         if not self.queue_url:
@@ -226,26 +320,27 @@ class Ingestor:
                 raise RuntimeError(f"{len(failed)} chunk messages were not accepted")  # retried as a whole
         return len(bodies)
 
-    def _index(self, chunk: Chunk, rows: list[tuple[int, Mapping[str, Any]]], report: Report) -> None:
+    def _index(self, rows: list[tuple[int, Mapping[str, Any]]]) -> tuple[Report, list[BadRow]]:
+        part, bad_rows = Report(), []
         records, ids, outcomes = [], [], []
         for line, raw in rows:
             record, errors = parse_encounter(raw, require_target=True, require_ids=True)
             if errors:  # extra columns are ignored, as in batch scoring
-                report.invalid += 1
-                if len(report.bad_rows) < MAX_REPORTED_ROWS:
-                    fields = ["(not a JSON object)"] if NOT_AN_OBJECT in raw else [e.field for e in errors]
-                    report.bad_rows.append({"bucket": chunk.bucket, "key": chunk.key, "line": line, "fields": fields})
+                part.invalid += 1
+                fields = ["(not a JSON object)"] if NOT_AN_OBJECT in raw else [e.field for e in errors]
+                bad_rows.append(BadRow(line=line, fields=fields))
             elif is_excluded(record):
-                report.excluded += 1
+                part.excluded += 1
             elif record[TARGET] not in OUTCOMES:
-                report.unlabelled += 1
+                part.unlabelled += 1
             else:
                 records.append(record)
                 ids.append(record["encounter_id"])
                 outcomes.append(record[TARGET])
         if records:
-            report.indexed += index_rows(columns_from_records(records), ids, outcomes, self.embedder, self.store)
+            part.indexed += index_rows(columns_from_records(records), ids, outcomes, self.embedder, self.store)
         telemetry.logger.info(
             "chunk indexed",
-            extra={"indexed": report.indexed, "excluded": report.excluded, "invalid": report.invalid},
+            extra={"indexed": part.indexed, "excluded": part.excluded, "invalid": part.invalid},
         )
+        return part, bad_rows

@@ -138,7 +138,11 @@ def document(version: str = "1") -> dict[str, Any]:
         "info": {
             "title": "readmit",
             "version": version,
-            "description": "30-day readmission risk for diabetic patients (UCI Diabetes 130-US hospitals).",
+            "description": (
+                "30-day readmission risk for diabetic patients (UCI Diabetes 130-US hospitals). A path not listed "
+                "here answers 404, and a listed path called with another method 405 with an Allow header, both "
+                "as an ErrorResponse."
+            ),
         },
         "paths": {
             "/predict": {

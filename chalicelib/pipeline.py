@@ -3,10 +3,12 @@ call these and return). Events and results are the state machine's JSON."""
 
 from __future__ import annotations
 
+import os
 import tarfile
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
@@ -15,7 +17,18 @@ from .registry import Registry
 from .sagemaker_jobs import TrainingJobs, TrainingSettings, job_name
 from .storage import open_storage
 
+if TYPE_CHECKING:
+    from .gate import GateConfig
+
 DEFAULT_SEED = 20260601  # = TrainConfig.seed (not imported: the light steps must not import the training stack)
+# The stack's gate thresholds (template parameters GateMinAuc, GateMaxAucDrop, GateMaxEce), set on the evaluate
+# step so that every execution is judged by them, including one started without a `gate` (`readmit retrain
+# --remote`, a console StartExecution); an execution's `gate` still overrides them field by field.
+GATE_ENV = {
+    "min_auc": "READMIT_GATE_MIN_AUC",
+    "max_auc_drop": "READMIT_GATE_MAX_AUC_DROP",
+    "max_ece": "READMIT_GATE_MAX_ECE",
+}
 
 
 class RetrainInput(BaseModel):
@@ -33,7 +46,8 @@ class RetrainInput(BaseModel):
 def start_training(event: dict[str, Any], jobs: TrainingJobs | None = None) -> dict[str, Any]:
     run = RetrainInput.model_validate(event)
     jobs = jobs or TrainingJobs(TrainingSettings.from_env())
-    # The job holds out the same patients the evaluation step scores both models on.
+    # The job holds out the same patients the evaluation step scores both models on. The name derives from the
+    # execution, so a retried start finds the job it already made (TrainingJobs.start).
     name = jobs.start(
         job_name(run.execution_name, run.trigger), run.data_uri, {"holdout_frac": run.eval_frac, "seed": run.seed}
     )
@@ -57,10 +71,24 @@ def _fetch(uri: str, dest: Path, s3_client: Any = None) -> Path:
     return dest
 
 
+def gate_config(gate: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> GateConfig:
+    """The gate for one execution: the code's defaults, then the stack's thresholds from the environment, then
+    the execution's own ``gate``, each overriding the one before field by field."""
+    from .gate import GateConfig
+
+    stack: dict[str, Any] = {}
+    for field, name in GATE_ENV.items():
+        if env.get(name):
+            try:
+                stack[field] = float(env[name])
+            except ValueError:
+                raise ValueError(f"{name}={env[name]!r} is not a number") from None
+    return GateConfig.from_dict({**stack, **gate})
+
+
 def evaluate(event: dict[str, Any], s3_client: Any = None) -> dict[str, Any]:
     """Register the trained challenger, gate it against the champion on the shared evaluation set."""
     from .bundle import ModelBundle
-    from .gate import GateConfig
     from .retrain import evaluate_challenger, evaluation_set
 
     run = RetrainInput.model_validate({k: v for k, v in event.items() if k in RetrainInput.model_fields})
@@ -75,7 +103,7 @@ def evaluate(event: dict[str, Any], s3_client: Any = None) -> dict[str, Any]:
         version = registry.register(bundle_dir)
         data = _fetch(run.data_uri, work / Path(run.data_uri).name, s3_client)
         decision = evaluate_challenger(
-            registry, challenger, evaluation_set(data, run.eval_frac, run.seed), GateConfig.from_dict(run.gate)
+            registry, challenger, evaluation_set(data, run.eval_frac, run.seed), gate_config(run.gate)
         )
     return {"challenger_version": version, "champion_version": registry.champion(), **decision.to_dict()}
 

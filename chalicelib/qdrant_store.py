@@ -1,26 +1,85 @@
 """Qdrant as the vector store: a server (the EKS deployment, by URL) or the client's embedded local mode.
 
 qdrant-client takes ~2 s to import, so this module is imported only when the qdrant store is selected.
+
+On a server the collection is created with a deliberate replication (``Replication``): the default of one copy
+per shard makes the collection unavailable when one of the three StatefulSet peers is down, while "three or more
+nodes and two or more shard replicas ... can perform all operations even while one node is down"
+(https://qdrant.tech/documentation/guides/distributed_deployment/). The server's API key comes from Secrets
+Manager (``$READMIT_QDRANT_API_KEY_SECRET``) or ``$READMIT_QDRANT_API_KEY``; it is never logged.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import settings
-from .vectors import DimensionMismatch, Hit, check_upsert, point_uuid, query_vector
+from .vectors import DimensionMismatch, Hit, StoreNotConfigured, check_upsert, point_uuid, query_vector
 
 UPSERT_BATCH = 1024
 
 
+class Replication(BaseModel):
+    """Copies of each shard across the server's peers, and how many must acknowledge a write.
+
+    Defaults: 2 copies (one peer can be lost or drained without losing a shard) and 1 acknowledgement (writes
+    keep succeeding while a peer is down; ``write_consistency_factor`` is "the number of replicas that must
+    acknowledge a write", https://qdrant.tech/documentation/scaling/consistency-guarantees/)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    replication_factor: int = Field(2, ge=1)
+    write_consistency_factor: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _acks_within_copies(self) -> Replication:
+        if self.write_consistency_factor > self.replication_factor:
+            raise ValueError("write_consistency_factor cannot exceed replication_factor: no write could succeed")
+        return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Replication:
+        values = {
+            "replication_factor": env.get(settings.ENV_QDRANT_REPLICATION_FACTOR),
+            "write_consistency_factor": env.get(settings.ENV_QDRANT_WRITE_CONSISTENCY),
+        }
+        try:
+            return cls(**{k: v for k, v in values.items() if v})
+        except ValueError as e:
+            raise StoreNotConfigured(f"invalid Qdrant replication settings: {e}") from e
+
+
+@functools.lru_cache(maxsize=4)
+def secret_api_key(secret_id: str, client: Any = None) -> str:
+    """The API key from Secrets Manager, fetched once per container (as identifiers.secret_salt fetches the salt)."""
+    if client is None:
+        import boto3
+
+        client = boto3.client("secretsmanager")
+    value = client.get_secret_value(SecretId=secret_id)["SecretString"]
+    if not value:
+        raise StoreNotConfigured(f"secret {secret_id} holds an empty Qdrant API key")
+    return value
+
+
+def api_key(env: Mapping[str, str]) -> str | None:
+    """The server's API key: the Secrets Manager secret when one is named, else the plain variable, else none."""
+    if secret_id := env.get(settings.ENV_QDRANT_API_KEY_SECRET):
+        return secret_api_key(secret_id)
+    return env.get(settings.ENV_QDRANT_API_KEY) or None
+
+
 def qdrant_client(url: str | None = None, path: str | None = None, api_key: str | None = None) -> Any:
-    """A client for the server at ``url``, else embedded local mode persisted under ``path``
-    (default ``$READMIT_HOME/qdrant``); ``path=":memory:"`` keeps it in memory."""
+    """A client for the server at ``url`` (``http://`` in the cluster, ``https://`` through the TLS load balancer),
+    else embedded local mode persisted under ``path`` (default ``$READMIT_HOME/qdrant``); ``":memory:"`` keeps it
+    in memory."""
     from qdrant_client import QdrantClient
 
     if url:
@@ -33,11 +92,15 @@ def qdrant_client(url: str | None = None, path: str | None = None, api_key: str 
 
 
 class QdrantStore:
-    def __init__(self, client: Any, collection: str = settings.DEFAULT_COLLECTION) -> None:
+    def __init__(
+        self, client: Any, collection: str = settings.DEFAULT_COLLECTION, replication: Replication | None = None
+    ) -> None:
+        """``replication`` is for a server; None (embedded mode, one process) leaves the collection unreplicated."""
         from qdrant_client import models
 
         self.client = client
         self.collection = collection
+        self.replication = replication
         self._models = models
 
     def _dimension(self) -> int | None:
@@ -50,8 +113,9 @@ class QdrantStore:
         m = self._models
         current = self._dimension()
         if current is None:
+            copies = self.replication.model_dump() if self.replication else {}
             self.client.create_collection(
-                self.collection, vectors_config=m.VectorParams(size=dimension, distance=m.Distance.COSINE)
+                self.collection, vectors_config=m.VectorParams(size=dimension, distance=m.Distance.COSINE), **copies
             )
             with warnings.catch_warnings():  # embedded mode has no payload indexes and says so
                 warnings.simplefilter("ignore")

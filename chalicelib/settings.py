@@ -30,11 +30,13 @@ ENV_INDEX_DIR = "READMIT_INDEX_DIR"  # the numpy store's folder (default: $READM
 ENV_QDRANT_URL = "READMIT_QDRANT_URL"  # a Qdrant server (the EKS deployment); else embedded local mode
 ENV_QDRANT_PATH = "READMIT_QDRANT_PATH"  # embedded local mode's folder (default: $READMIT_HOME/qdrant)
 ENV_QDRANT_API_KEY = "READMIT_QDRANT_API_KEY"
+ENV_QDRANT_API_KEY_SECRET = "READMIT_QDRANT_API_KEY_SECRET"  # on AWS: Secrets Manager id of the API key (wins)
+ENV_QDRANT_REPLICATION_FACTOR = "READMIT_QDRANT_REPLICATION_FACTOR"  # copies of each shard on a server (default 2)
+ENV_QDRANT_WRITE_CONSISTENCY = "READMIT_QDRANT_WRITE_CONSISTENCY"  # replicas that must ack a write (default 1)
 ENV_OPENSEARCH_URL = "READMIT_OPENSEARCH_URL"  # https://… endpoint of Amazon OpenSearch Service / Serverless
 ENV_VECTOR_COLLECTION = "READMIT_VECTOR_COLLECTION"  # Qdrant collection / OpenSearch index name
 ENV_CHAT_MODEL = "READMIT_CHAT_MODEL"  # Bedrock Converse model id; unset means template answers only
 ENV_INGEST_QUEUE_URL = "READMIT_INGEST_QUEUE_URL"  # the embedder's own queue (large files fan out into chunks)
-ENV_INGEST_DLQ_URL = "READMIT_INGEST_DLQ_URL"  # where poison messages and bad rows go, with a reason
 ENV_INGEST_CHUNK_ROWS = "READMIT_INGEST_CHUNK_ROWS"  # larger files fan out into chunks of this many rows
 
 DEFAULT_COLLECTION = "readmit-encounters"

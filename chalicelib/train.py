@@ -1,6 +1,6 @@
 """Training pipeline: load → features → grouped CV → fit → calibrate → evaluate → bundle + model card.
 
-The same function runs locally (`readmit train`), in CI and inside SageMaker (script mode), so a
+The same function runs locally (`readmit train`), in CI and inside SageMaker (our training image), so a
 retrained model is built by exactly the code that was tested.
 """
 

@@ -102,19 +102,21 @@ def open_vector_store(name: str | None = None, env: Mapping[str, str] = os.envir
 
         return NumpyStore(settings.index_dir(env.get(settings.ENV_INDEX_DIR)))
     if name == "qdrant":
-        from .qdrant_store import QdrantStore, qdrant_client
+        from .qdrant_store import QdrantStore, Replication, api_key, qdrant_client
 
         url, path = env.get(settings.ENV_QDRANT_URL), env.get(settings.ENV_QDRANT_PATH)
         # Embedded mode in a deployed Lambda would mean an index per container (sam/readmit invoke run locally).
         if not url and env.get("AWS_LAMBDA_FUNCTION_NAME") and env.get("AWS_SAM_LOCAL") != "true":
             raise StoreNotConfigured(f"on Lambda the qdrant store needs ${settings.ENV_QDRANT_URL} (the EKS service)")
-        client = qdrant_client(url=url, path=path, api_key=env.get(settings.ENV_QDRANT_API_KEY))
-        return QdrantStore(client, collection)
+        if not url:
+            return QdrantStore(qdrant_client(path=path), collection)
+        client = qdrant_client(url=url, api_key=api_key(env))
+        return QdrantStore(client, collection, Replication.from_env(env))
     if name == "opensearch":
-        from .opensearch_store import OpenSearchStore, opensearch_client
+        from .opensearch_store import OpenSearchStore, is_serverless, opensearch_client
 
         url = env.get(settings.ENV_OPENSEARCH_URL)
         if not url:
             raise StoreNotConfigured(f"the opensearch store needs ${settings.ENV_OPENSEARCH_URL}")
-        return OpenSearchStore(opensearch_client(url), collection)
+        return OpenSearchStore(opensearch_client(url), collection, serverless=is_serverless(url))
     raise StoreNotConfigured(f"unknown vector store {name!r}; use numpy, qdrant or opensearch")

@@ -22,8 +22,9 @@ EVENTS = ROOT / "events"
 # What the stack would hand the retraining steps; the buckets exist in moto (retrain_world).
 RETRAIN_ENV = {
     "READMIT_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/readmit-sagemaker",
-    "READMIT_SOURCE_URI": "s3://readmit-artifacts-dev/code/sourcedir.tar.gz",
     "READMIT_ARTIFACT_URI": "s3://readmit-artifacts-dev/training",
+    "READMIT_TRAINING_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/readmit-training@sha256:" + "0" * 64,
+    "READMIT_TRAINING_KMS_KEY": "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
 }
 RETRAIN_BUCKETS = ("readmit-data-dev", "readmit-models-dev", "readmit-artifacts-dev")
 

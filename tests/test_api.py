@@ -234,3 +234,40 @@ def test_each_prediction_is_audited_with_the_model_input_and_reads_back_valid(
     assert math.isnan(second.features[FEATURE_NAMES.index("diag_3_code")])
     assert len({r.at for r in records}) == 1 and records[0].at.endswith("Z") and len(records[0].at) == 27
     assert {(r.model_version, r.source) for r in records} == {(small_bundle.name, "api")}
+
+
+# ---- requests no route serves (issue #14, item 16a) --------------------------------------------------------------
+def test_the_app_routes_match_the_openapi_paths_and_unknown_ones_are_404_in_the_error_format(api: ReadmitAPI) -> None:
+    from app import app as chalice_app
+
+    routes = {route: list(methods) for route, methods in chalice_app.routes.items() if methods}
+    for path in ("/nope", "/patients/800001/history", "/predict/batch/extra", "/model/plots", "/model/plots/a/b"):
+        response = api.unrouted(Request(request_id="r1"), path, "GET", routes)
+        assert response.status == 404, path
+        assert response.body["error"] == "not found" and response.body["details"][0]["field"] == "path"
+        assert "Allow" not in response.headers and "800001" not in json.dumps(response.body)
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "allow"),
+    [
+        ("/predict", "GET", "POST"),
+        ("/predict/", "DELETE", "POST"),
+        ("/health", "POST", "GET"),
+        ("/", "PUT", "GET"),
+        ("/model/plots/calibration", "POST", "GET"),
+    ],
+)
+def test_a_known_path_with_another_method_is_405_with_the_allow_header(
+    api: ReadmitAPI, path: str, method: str, allow: str
+) -> None:
+    from app import app as chalice_app
+
+    routes = {route: list(methods) for route, methods in chalice_app.routes.items() if methods}
+    response = api.unrouted(Request(request_id="r2"), path, method, routes)
+    assert response.status == 405 and response.headers["Allow"] == allow
+    assert response.body == {
+        "error": "method not allowed",
+        "details": [{"field": "method", "message": f"{method} is not supported here; allowed: {allow}"}],
+        "request_id": "r2",
+    }

@@ -35,7 +35,15 @@ from chalicelib.batch_output import (
     score_rows,
     to_csv,
 )
-from chalicelib.batch_rows import MissingColumns, RowValidator, from_items, prepare, write_items
+from chalicelib.batch_rows import (
+    MissingColumns,
+    RowValidator,
+    from_items,
+    prepare,
+    read_item_reader_csv,
+    read_records,
+    write_items,
+)
 from chalicelib.bundle import ModelBundle
 from chalicelib.registry import Registry
 
@@ -345,7 +353,7 @@ def _simulate_distributed_map(aws: Aws, prepared: dict[str, Any], run_id: str) -
     dicts of strings, 1,000 to a batch, with the BatchInput of the definition, and invoke the scoring function."""
     definition = json.loads((ROOT / "statemachines" / "batch_score.asl.json").read_text())
     batcher = definition["States"]["ScoreBatches"]["ItemBatcher"]
-    items = rows_of(aws.get(prepared["items_key"]))
+    items = read_item_reader_csv(aws.get(prepared["items_key"]).decode())  # ItemReader: CSV, FIRST_ROW
     batch_input = {"run_id": run_id, "bucket": DATA, "model_version": prepared["model_version"]}
     batch_input["columns"] = prepared["columns"]
     assert set(batcher["BatchInput"]) == {f"{k}.$" for k in batch_input}
@@ -529,4 +537,91 @@ def test_the_prepared_file_is_what_the_csv_item_reader_reads(discharges: Path, t
     with path.open("w", newline="") as fh:
         assert write_items(items, fh) == len(items)
     # Step Functions' CSV reader with CSVHeaderLocation FIRST_ROW: a dict of strings per row, keyed by the header
-    assert list(csv.DictReader(path.open(newline=""))) == items
+    assert read_item_reader_csv(path.read_text()) == items
+
+
+# ---- Step Functions' CSV ItemReader, as documented -------------------------------------------------------------
+# https://docs.aws.amazon.com/step-functions/latest/dg/example-csv-parse-dist-map.html
+def test_the_item_reader_model_reads_the_documented_examples_as_the_page_says() -> None:
+    # the page's backslash example, and its one-row example with a quoted comma, a doubled quote and a newline
+    assert read_item_reader_csv("path,size\nC:\\\\Program Files\\\\MyApp.exe,6534512\n") == [
+        {"path": "C:\\Program Files\\MyApp.exe", "size": "6534512"}
+    ]
+    doc_row = 'abc,123,"This string contains commas, a double quotation marks (""), and a newline (\n)",'
+    doc_row += '{""MyKey"":""MyValue""},"[1,2,3]"'
+    got = read_item_reader_csv("a,b,c,d,e\n" + doc_row)
+    assert got == [
+        {
+            "a": "abc",
+            "b": "123",
+            "c": 'This string contains commas, a double quotation marks ("), and a newline (\n)',
+            "d": '{"MyKey":"MyValue"}',
+            "e": "[1,2,3]",
+        }
+    ]
+    # a backslash before a comma escapes it; before any other character it is silently removed
+    assert read_item_reader_csv("a,b\nx\\,y,z\\q\n") == [{"a": "x,y", "b": "zq"}]
+    # fewer fields than the header: empty strings; more: the extra ones are skipped
+    assert read_item_reader_csv("a,b,c\n1\n1,2,3,4\n") == [{"a": "1", "b": "", "c": ""}, {"a": "1", "b": "2", "c": "3"}]
+
+
+ODD_VALUES = (  # column → a value with backslashes, quoted commas or doubled quotes, as a list may hold them
+    ("payer_code", "C:\\temp\\x"),
+    ("medical_specialty", "trailing\\"),  # before the delimiter: Step Functions would read an escaped comma
+    ("diag_3", 'say ""\\"" then, "no"'),
+    ("race", "\\\\"),
+)
+
+
+def _odd_list() -> str:
+    """The fixtures' five rows, then one more per odd value, each invalid only in that column."""
+    batch = fixture("batch_score_map_batch.json")
+    columns = batch["BatchInput"]["columns"]
+    good = next(csv.reader([batch["Items"][0]["row"]]))
+    rows = [columns, *(next(csv.reader([i["row"]])) for i in batch["Items"])]
+    for n, (column, value) in enumerate(ODD_VALUES):
+        odd = list(good)
+        odd[columns.index(column)] = value
+        odd[columns.index("encounter_id")] = str(990000 + n)
+        rows.append(odd)
+    return to_csv(rows, header=False).decode()
+
+
+def test_rows_with_backslashes_quoted_commas_and_doubled_quotes_reach_the_batches_as_the_file_has_them(
+    tmp_path: Path,
+) -> None:
+    text = _odd_list()
+    _, items = prepare(lambda: io.StringIO(text, newline=""))
+    items = list(items)
+    path = tmp_path / "items.csv"
+    with path.open("w", newline="") as fh:
+        write_items(items, fh)
+
+    handed_over = read_item_reader_csv(path.read_text())
+
+    assert handed_over == items
+    _, records = read_records(io.StringIO(text, newline=""))
+    columns = fixture("batch_score_map_batch.json")["BatchInput"]["columns"]
+    assert [r.fields for r in from_items(RowValidator(columns), handed_over)] == list(records)
+
+
+def test_both_batch_paths_score_a_list_with_backslashes_and_quotes_into_the_same_file(aws: Aws) -> None:
+    data = _odd_list().encode()
+    small, large = fixture("batch_score_job.json"), fixture("batch_prepare_job.json")
+    small |= {"key": "incoming/small/odd.csv", "run_id": "run-small"}
+    large |= {"key": "incoming/large/odd.csv", "run_id": "run-large"}
+    aws.put(small["key"], data)
+    aws.put(large["key"], data)
+
+    handler("batch_score")(small, Context())
+    prepared = handler("batch_prepare")(large, Context())
+    _simulate_distributed_map(aws, prepared, large["run_id"])
+    merge_input = fixture("batch_merge_input.json") | {k: large[k] for k in ("key", "run_id")} | {"prepared": prepared}
+    handler("batch_merge")(merge_input, Context())
+
+    one, many = aws.get("scored/small/odd.csv"), aws.get("scored/large/odd.csv")
+    assert one == many
+    reasons = {r["encounter_id"]: r["reason"] for r in rows_of(many)}
+    for n, (column, value) in enumerate(ODD_VALUES):
+        reason = reasons[str(990000 + n)]
+        assert reason.startswith(column) and repr(value) in reason, reason  # the value as the file has it

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import kubernetes_validate
@@ -25,18 +28,30 @@ SCRAPE = DEPLOY / "prometheus" / "scrape.yaml"
 # The Kubernetes minor version the manifests target (EKS); schemas for it ship inside kubernetes-validate.
 K8S_VERSION = "1.30"
 
-# Every series the API exposes at GET /metrics (chalicelib/telemetry.py).
-PROMETHEUS_METRICS = {
-    "readmit_predictions_total",
-    "readmit_requests_total",
-    "readmit_invalid_fields_total",
-    "readmit_request_seconds_bucket",
-    "readmit_request_seconds_sum",
-    "readmit_request_seconds_count",
-    "readmit_model_swaps_total",
-    "readmit_model_load_failures_total",
-    "readmit_model_info",
+# What Prometheus can see: only what runs on the cluster. The API runs on Lambda, so its metrics are read from
+# CloudWatch; Prometheus scrapes Qdrant, whose /metrics series are listed in
+# https://qdrant.tech/documentation/guides/monitoring/ ("Node metrics").
+QDRANT_METRICS = {
+    "app_info",
+    "app_status_recovery_mode",
+    "collections_total",
+    "collections_vector_total",
+    "rest_responses_total",
+    "rest_responses_fail_total",
+    "rest_responses_avg_duration_seconds",
+    "rest_responses_min_duration_seconds",
+    "rest_responses_max_duration_seconds",
+    "grpc_responses_total",
+    "grpc_responses_fail_total",
+    "cluster_enabled",
+    "cluster_peers_total",
+    "cluster_term",
+    "cluster_commit",
+    "cluster_pending_operations_total",
+    "cluster_voter",
 }
+# API Gateway's own metrics for the readmit-<stage> API (as template.yaml's Dashboard and alarm use them).
+APIGATEWAY_METRICS = {"4XXError", "5XXError"}
 # CloudWatch namespace "Readmit": metric name -> the service dimension it is published with.
 CLOUDWATCH_METRICS = {
     "Predictions": "readmit",
@@ -218,11 +233,16 @@ def test_qdrant_statefulset_is_a_resilient_cluster() -> None:
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 6333}
 
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["runAsUser"] >= 10000  # above host UIDs (checkov CKV_K8S_40)
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]  # owns the storage volume
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
 
     env = {e["name"]: e.get("value") for e in container["env"]}
+    key = next(e for e in container["env"] if e["name"] == "QDRANT__SERVICE__API_KEY")
+    assert key["valueFrom"]["secretKeyRef"] == {"name": "qdrant-api-key", "key": "api-key"} and "value" not in key
+    # The probes need no key: Qdrant exempts /livez and /readyz from authentication.
+    assert {container[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")} <= {"/livez", "/readyz"}
     assert env["QDRANT__CLUSTER__ENABLED"] == "true"
     assert env["QDRANT_BOOTSTRAP_URI"].startswith(f"http://qdrant-0.{spec['serviceName']}.")
     assert env["QDRANT_BOOTSTRAP_URI"].endswith(":6335")
@@ -248,12 +268,36 @@ def test_qdrant_network_policy_limits_who_reaches_which_port() -> None:
     assert "Ingress" in policy["policyTypes"]
 
     by_ports = {frozenset(p["port"] for p in rule["ports"]): rule["from"] for rule in policy["ingress"]}
-    assert set(by_ports) == {frozenset({6333, 6334}), frozenset({6335})}
+    assert set(by_ports) == {frozenset({6333, 6334}), frozenset({6333}), frozenset({6335})}
     (clients,) = by_ports[frozenset({6333, 6334})]
     assert clients["podSelector"]["matchLabels"] == {"app.kubernetes.io/part-of": "readmit"}
     (peers,) = by_ports[frozenset({6335})]
     assert "namespaceSelector" not in peers
     assert _selects(peers["podSelector"]["matchLabels"], pod_labels)
+    # The Lambda functions (through the NLB) reach the REST port only, from the VPC CIDR the NLB also admits.
+    (vpc,) = by_ports[frozenset({6333})]
+    assert set(vpc) == {"ipBlock"}
+    assert [vpc["ipBlock"]["cidr"]] == _find("Service", "qdrant-lb")["spec"]["loadBalancerSourceRanges"]
+
+
+def test_lambda_reaches_qdrant_through_an_internal_tls_nlb() -> None:
+    sts = _find("StatefulSet", "qdrant")
+    service = _find("Service", "qdrant-lb")
+    notes = service["metadata"]["annotations"]
+    prefix = "service.beta.kubernetes.io/aws-load-balancer-"
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"]["loadBalancerClass"] == "service.k8s.aws/nlb"  # the AWS Load Balancer Controller
+    assert notes[prefix + "scheme"] == "internal" and notes[prefix + "nlb-target-type"] == "ip"
+    assert notes[prefix + "ssl-cert"].startswith("arn:aws:acm:")
+    (port,) = service["spec"]["ports"]
+    assert notes[prefix + "ssl-ports"] == str(port["port"]) == "6333"  # TLS on the port the functions call
+    assert notes[prefix + "backend-protocol"] == "tcp"
+    assert notes[prefix + "healthcheck-path"] == "/readyz"
+    assert _selects(service["spec"]["selector"], sts["spec"]["template"]["metadata"]["labels"])
+    assert port["targetPort"] in {p["name"] for p in _container(sts)["ports"] if p["containerPort"] == 6333}
+    readme = (DEPLOY / "README.md").read_text()
+    for needed in ("VectorSubnetIds", "VectorSecurityGroupIds", "QdrantUrl", "READMIT_QDRANT_API_KEY_SECRET"):
+        assert needed in readme, f"deploy/README.md does not say how Lambda uses {needed}"
 
 
 def test_grafana_deployment_has_probes_resources_and_a_pdb() -> None:
@@ -268,6 +312,19 @@ def test_grafana_deployment_has_probes_resources_and_a_pdb() -> None:
     _assert_mounts_resolve(deployment)
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    # Admin credentials are files from the Secret (GF_<setting>__FILE), never environment values.
+    env = {e["name"]: e for e in container["env"]}
+    assert not any("valueFrom" in e for e in env.values())
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    for var in ("GF_SECURITY_ADMIN_USER__FILE", "GF_SECURITY_ADMIN_PASSWORD__FILE"):
+        folder, _, key = env[var]["value"].rpartition("/")
+        assert volumes[mounts[folder]]["secret"]["secretName"] == "grafana-admin" and key.startswith("admin-")
+    # CloudWatch access comes from the service account's IAM role; no Kubernetes API token is mounted.
+    pod = deployment["spec"]["template"]["spec"]
+    account = _find("ServiceAccount", pod["serviceAccountName"])
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    assert pod["automountServiceAccountToken"] is False
 
     pdb = _find("PodDisruptionBudget", "grafana")
     assert pdb["spec"]["minAvailable"] >= 1
@@ -330,14 +387,11 @@ def test_metric_name_parser() -> None:
     assert _metric_names("sum(rate(a_total[5m])) / sum without (x) (b)") == {"a_total", "b"}
 
 
-def test_known_metric_names_match_what_the_api_exposes() -> None:
-    from chalicelib import telemetry
-
-    exposed = set()
-    for family in telemetry.registry.collect():
-        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
-        exposed |= {family.name + s for s in suffixes}
-    assert exposed == PROMETHEUS_METRICS
+def test_every_readmit_cloudwatch_metric_on_the_dashboard_is_one_the_code_publishes() -> None:
+    # The EMF metric names are string literals in the code that publishes them (telemetry, monitor, retrain).
+    sources = " ".join(p.read_text() for d in ("chalicelib", "functions") for p in (ROOT / d).rglob("*.py"))
+    for name in CLOUDWATCH_METRICS:
+        assert f'"{name}"' in sources, f"no code publishes the CloudWatch metric {name}"
 
 
 def test_dashboard_panels_are_complete_and_unique() -> None:
@@ -359,7 +413,7 @@ def test_dashboard_panels_are_complete_and_unique() -> None:
             assert target["datasource"]["type"] == panel["datasource"]["type"]
 
 
-def test_dashboard_prometheus_queries_use_only_exposed_metrics() -> None:
+def test_dashboard_prometheus_queries_use_only_what_the_cluster_exposes() -> None:
     used = set()
     for panel in _panels():
         for target in panel["targets"]:
@@ -367,13 +421,9 @@ def test_dashboard_prometheus_queries_use_only_exposed_metrics() -> None:
                 continue
             names = _metric_names(target["expr"])
             assert names, f"no metric in {target['expr']!r}"
-            assert names <= PROMETHEUS_METRICS, f"{panel['title']}: unknown metrics {names - PROMETHEUS_METRICS}"
+            assert names <= QDRANT_METRICS, f"{panel['title']}: not a Qdrant metric: {names - QDRANT_METRICS}"
             used |= names
-    # The brief's panels: traffic, errors, latency histogram, tiers, invalid fields, model info/swaps/failures.
-    assert used >= PROMETHEUS_METRICS - {"readmit_request_seconds_sum", "readmit_request_seconds_count"}
-    exprs = " ".join(t["expr"] for p in _panels() for t in p["targets"] if "expr" in t)
-    assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs
-    assert 'status=~"4.."' in exprs and 'status=~"5.."' in exprs
+    assert {"rest_responses_total", "rest_responses_fail_total", "cluster_peers_total"} <= used
 
 
 def test_dashboard_cloudwatch_queries_use_the_readmit_namespace() -> None:
@@ -382,42 +432,120 @@ def test_dashboard_cloudwatch_queries_use_the_readmit_namespace() -> None:
         for target in panel["targets"]:
             if target["datasource"]["type"] != "cloudwatch":
                 continue
+            if target["namespace"] == "AWS/ApiGateway":
+                assert target["metricName"] in APIGATEWAY_METRICS
+                assert target["dimensions"] == {"ApiName": "readmit-$stage"}  # template.yaml names it readmit-<Stage>
+                used.add(target["metricName"])
+                continue
             assert target["namespace"] == "Readmit"
             assert target["metricName"] in CLOUDWATCH_METRICS
             assert target["dimensions"] == {"service": CLOUDWATCH_METRICS[target["metricName"]]}
             used.add(target["metricName"])
+    # The API's own panels come from CloudWatch now: latency, predictions, API Gateway errors.
+    assert used >= {"LatencyMs", "Predictions", "HighRiskPredictions", "4XXError", "5XXError"}
     assert used >= {"MaxFeaturePSI", "RiskPSI", "HighRiskRate", "DriftDetected", "ModelsPromoted", "ModelsRejected"}
+    stage = [v for v in json.loads(DASHBOARD.read_text())["templating"]["list"] if v["name"] == "stage"]
+    assert stage, "the dashboard needs a stage variable for readmit-$stage"
 
 
 # --- Prometheus scrape config ------------------------------------------------------------------------
 
 
-def test_prometheus_scrape_config_targets_metrics_endpoints() -> None:
+def _workloads() -> list[dict]:
+    return [d for _, d in DOCUMENTS if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+
+
+def _scraped(job: dict) -> list[tuple[dict, dict]]:
+    """The (workload, container port) pairs a kubernetes_sd pod job would scrape among the objects defined here:
+    pods matching its role selector and every ``keep`` rule on pod labels, ports kept by its port rules."""
+    (sd,) = job["kubernetes_sd_configs"]
+    wanted = dict(item.split("=", 1) for s in sd.get("selectors", []) for item in s["label"].split(","))
+    keeps = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+    found = []
+    for workload in _workloads():
+        if workload["metadata"]["namespace"] not in sd["namespaces"]["names"]:
+            continue
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        if not _selects(wanted, labels):
+            continue
+        meta = {f"__meta_kubernetes_pod_label_{re.sub(r'[^a-zA-Z0-9_]', '_', k)}": v for k, v in labels.items()}
+        meta["__meta_kubernetes_pod_phase"] = "Running"
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            for port in container.get("ports", []):
+                values = {
+                    **meta,
+                    "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+                    "__meta_kubernetes_pod_container_port_number": str(port["containerPort"]),
+                }
+                if all(
+                    re.fullmatch(r.get("regex", "(.*)"), ";".join(values.get(x, "") for x in r["source_labels"]))
+                    for r in keeps
+                ):
+                    found.append((workload, port))
+    return found
+
+
+def test_prometheus_scrapes_only_what_the_manifests_run() -> None:
     config = yaml.safe_load(SCRAPE.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"readmit-api", "qdrant"}
-    for job in jobs.values():
+    assert set(jobs) == {"qdrant", "grafana"}  # the API runs on Lambda: no readmit-api pods to scrape
+    for name, job in jobs.items():
         assert job["metrics_path"] == "/metrics"
-        (sd,) = job["kubernetes_sd_configs"]
-        assert sd["role"] == "pod"
-        assert sd["namespaces"]["names"] == ["readmit"]
         for rule in job["relabel_configs"]:
             assert rule.get("action", "replace") in {"keep", "drop", "replace", "labelmap"}
             re.compile(rule.get("regex", "(.*)"))
+        targets = _scraped(job)
+        assert targets, f"job {name} selects no pod and port defined in deploy/kubernetes"
+        assert {w["metadata"]["name"] for w, _ in targets} == {name}
+        assert len(targets) == 1, f"job {name} scrapes several ports: {[p for _, p in targets]}"
+    ((_, qdrant_port),) = _scraped(jobs["qdrant"])
+    assert qdrant_port["containerPort"] == 6333  # the REST port, where /metrics is
+    # With an API key, /metrics needs it: Prometheus sends it as a bearer token read from the Secret.
+    auth = jobs["qdrant"]["authorization"]
+    assert auth["type"] == "Bearer" and "qdrant-api-key" in auth["credentials_file"]
 
-    api_keep = [r for r in jobs["readmit-api"]["relabel_configs"] if r.get("action") == "keep"]
-    assert any(
-        r["source_labels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_name"] and r["regex"] == "readmit-api"
-        for r in api_keep
-    )
-    assert jobs["readmit-api"]["kubernetes_sd_configs"][0]["selectors"][0]["label"] == (
-        "app.kubernetes.io/name=readmit-api"
-    )
-    # Qdrant is scraped on its REST port, the one the StatefulSet exposes.
-    qdrant_port = [
-        r["regex"]
-        for r in jobs["qdrant"]["relabel_configs"]
-        if r["source_labels"] == ["__meta_kubernetes_pod_container_port_number"]
-    ]
-    assert qdrant_port == ["6333"]
-    assert any(p["containerPort"] == 6333 for p in _container(_find("StatefulSet", "qdrant"))["ports"])
+
+def test_a_job_for_pods_that_do_not_exist_is_caught() -> None:
+    config = yaml.safe_load(SCRAPE.read_text())
+    ghost = copy.deepcopy(next(j for j in config["scrape_configs"] if j["job_name"] == "grafana"))
+    ghost["kubernetes_sd_configs"][0]["selectors"][0]["label"] = "app.kubernetes.io/name=readmit-api"
+    ghost["relabel_configs"][0]["regex"] = "readmit-api"
+    assert _scraped(ghost) == []
+
+
+# --- checkov over the manifests ------------------------------------------------------------------------
+
+
+def _checkov() -> str:
+    local = ROOT / ".tools" / "checkov" / "bin" / "checkov"
+    found = str(local) if local.exists() else shutil.which("checkov")
+    if not found:
+        pytest.fail("checkov is not installed: `make tools` puts it in .tools/checkov")
+    return found
+
+
+def _declared_skips() -> list[tuple[str, str]]:
+    skips = []
+    for _, doc in DOCUMENTS:
+        for key, value in (doc["metadata"].get("annotations") or {}).items():
+            if key.startswith("checkov.io/skip"):
+                check, _, reason = value.partition("=")
+                skips.append((check, reason))
+    return skips
+
+
+def test_checkov_finds_no_failed_check_in_the_kubernetes_manifests() -> None:
+    args = ["-d", str(K8S_DIR), "--framework", "kubernetes", "--skip-download", "--compact", "--quiet", "-o", "json"]
+    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
+    done = subprocess.run([_checkov(), *args], capture_output=True, text=True, env=env, timeout=300)
+    report = json.loads(done.stdout)
+    report = report[0] if isinstance(report, list) else report
+    failed = [(c["check_id"], c["resource"], c["check_name"]) for c in report["results"].get("failed_checks", [])]
+    assert not failed, failed
+    assert report["summary"]["parsing_errors"] == 0
+    assert report["summary"]["passed"] > 100 and report["summary"]["skipped"] == len(_declared_skips())
+
+
+def test_every_checkov_skip_in_the_manifests_gives_a_reason() -> None:
+    for check, reason in _declared_skips():
+        assert check.startswith(("CKV_K8S_", "CKV2_K8S_")) and len(reason) >= 40, (check, reason)

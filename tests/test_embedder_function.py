@@ -1,6 +1,7 @@
-"""The embedder Lambda replayed with the SQS fixtures in events/, against moto S3/SQS and a real Qdrant client
-(embedded, in memory): partial batch failures, poison messages in the DLQ with their reason, bad rows reported
-without their values, redelivery without duplicate points, and the chunked backfill."""
+"""The embedder Lambda replayed with the SQS fixtures in events/, against moto S3/SQS/KMS and a real Qdrant client
+(embedded, in memory): partial batch failures, poison messages failed until SQS's redrive moves them to the DLQ,
+bad rows reported to S3 (one object per source version, without values), redelivery without duplicate points or
+reports, and the chunked backfill."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from botocore.config import Config
 from moto import mock_aws
 
 from chalicelib.embedding import LocalEmbedder
-from chalicelib.ingest import Chunk, Ingestor, PoisonMessage, parse_message
+from chalicelib.ingest import Chunk, Ingestor, PoisonMessage, parse_message, report_key
 from chalicelib.ingest_handler import make_handler
 from chalicelib.qdrant_store import QdrantStore, qdrant_client
 from chalicelib.schema import EXCLUDED_DISPOSITIONS
@@ -31,6 +32,8 @@ BATCH_1, BATCH_2, BATCH_3 = (f"encounters/2026/11/batch-00{i}.csv" for i in (1, 
 BATCH_2 = BATCH_2.replace(".csv", ".jsonl")
 TRAINING = "training/diabetic_data.csv"
 BAD_ROW = 5  # in batch-001: its age is made invalid
+REPORTS = "ingest-reports/"
+MAX_RECEIVE_COUNT = 3  # template.yaml's IngestQueue RedrivePolicy
 
 
 def event(name: str) -> dict[str, Any]:
@@ -56,10 +59,12 @@ def in_cohort(frame: pd.DataFrame) -> int:
 class World:
     ingestor: Ingestor
     handler: Any
+    s3: Any
     sqs: Any
     store: QdrantStore
     dlq_url: str
     queue_url: str
+    kms_key: str
     files: dict[str, pd.DataFrame]
 
     def expected(self, *keys: str) -> int:
@@ -68,6 +73,10 @@ class World:
     def dead_letters(self) -> list[dict[str, Any]]:
         got = self.sqs.receive_message(QueueUrl=self.dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])
         return got.get("Messages", [])
+
+    def reports(self) -> dict[str, bytes]:
+        listed = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=REPORTS).get("Contents", [])
+        return {o["Key"]: self.s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in listed}
 
 
 @pytest.fixture
@@ -78,6 +87,8 @@ def world(raw_frame: pd.DataFrame) -> Iterator[World]:
     with mock_aws():
         s3, sqs = boto3.client("s3"), boto3.client("sqs")
         s3.create_bucket(Bucket=BUCKET)
+        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})  # as DataBucket
+        kms_key = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
         for key, frame in files.items():
             if key.endswith(".jsonl"):
                 body = "\n".join(json.dumps(r) for r in frame.to_dict(orient="records"))
@@ -87,43 +98,120 @@ def world(raw_frame: pd.DataFrame) -> Iterator[World]:
                 body = buf.getvalue()
             s3.put_object(Bucket=BUCKET, Key=key, Body=body.encode())
         dlq_url = sqs.create_queue(QueueName="readmit-ingest-dlq")["QueueUrl"]
-        queue_url = sqs.create_queue(QueueName="readmit-ingest")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT})
+        queue_url = sqs.create_queue(QueueName="readmit-ingest", Attributes={"RedrivePolicy": redrive})["QueueUrl"]
         store = QdrantStore(qdrant_client(path=":memory:"), "encounters")
-        ingestor = Ingestor(s3, sqs, LocalEmbedder(), store, queue_url=queue_url, dlq_url=dlq_url, chunk_rows=100)
-        yield World(ingestor, make_handler(lambda: ingestor), sqs, store, dlq_url, queue_url, files)
+        ingestor = Ingestor(
+            s3,
+            sqs,
+            LocalEmbedder(),
+            store,
+            queue_url=queue_url,
+            report_uri=f"s3://{BUCKET}/{REPORTS}",
+            kms_key_id=kms_key,
+            chunk_rows=100,
+        )
+        handler = make_handler(lambda: ingestor)
+        yield World(ingestor, handler, s3, sqs, store, dlq_url, queue_url, kms_key, files)
         store.client.close()
 
 
-def test_a_batch_of_upload_notifications_indexes_every_valid_in_cohort_row(world: World) -> None:
+def test_a_batch_of_upload_notifications_indexes_every_valid_in_cohort_row_and_reports_bad_rows_to_s3(
+    world: World,
+) -> None:
     response = world.handler(event("embedder_sqs_batch.json"), Context())
     assert response == {"batchItemFailures": []}
     assert world.store.count() == world.expected(BATCH_1, BATCH_2)
-    [report] = world.dead_letters()
-    assert report["MessageAttributes"]["reason"]["StringValue"] == "invalid rows"
-    body = json.loads(report["Body"])
-    assert body["invalid_rows"] == 1
-    assert body["rows"] == [{"bucket": BUCKET, "key": BATCH_1, "line": BAD_ROW + 2, "fields": ["age"]}]
-    assert "[200-210)" not in report["Body"]  # the reason names the field, never the value
+    assert world.dead_letters() == []  # reports never go to the DLQ
+    [(key, raw)] = world.reports().items()  # one report: batch-002 has no bad row
+    source = world.s3.head_object(Bucket=BUCKET, Key=BATCH_1)
+    assert key == f"{REPORTS}{BATCH_1}.{source['VersionId']}.json"
+    body = json.loads(raw)
+    assert body["source"] == f"s3://{BUCKET}/{BATCH_1}" and body["version_id"] == source["VersionId"]
+    assert body["etag"] == source["ETag"].strip('"') and body["rows"] == len(world.files[BATCH_1])
+    assert body["invalid_rows"] == 1 and body["bad_rows"] == [{"line": BAD_ROW + 2, "fields": ["age"]}]
+    assert body["indexed"] == world.expected(BATCH_1)
+    assert b"[200-210)" not in raw  # the report names the field, never the value
+    written = world.s3.head_object(Bucket=BUCKET, Key=key)
+    assert written["ServerSideEncryption"] == "aws:kms" and written["SSEKMSKeyId"] == world.kms_key
 
 
-def test_a_redelivered_message_creates_no_duplicate_points(world: World) -> None:
+def test_a_redelivered_message_creates_no_duplicate_points_reports_or_dead_letters(world: World) -> None:
     world.handler(event("embedder_sqs_batch.json"), Context())
-    before = world.store.count()
+    before, reports = world.store.count(), world.reports()
     response = world.handler(event("embedder_sqs_redelivered.json"), Context())
     assert response == {"batchItemFailures": []} and world.store.count() == before
+    assert world.reports() == reports  # the same key, the same bytes
+    assert world.dead_letters() == []
 
 
-def test_poison_messages_go_to_the_dlq_with_their_reason_and_do_not_block_the_batch(world: World) -> None:
+def test_a_new_upload_of_the_same_key_gets_its_own_report(world: World) -> None:
+    world.handler(event("embedder_sqs_batch.json"), Context())
+    buf = io.StringIO()
+    world.files[BATCH_1].to_csv(buf, index=False)
+    world.s3.put_object(Bucket=BUCKET, Key=BATCH_1, Body=buf.getvalue().encode())  # uploaded again
+    world.handler(event("embedder_sqs_redelivered.json"), Context())
+    keys = sorted(world.reports())
+    assert len(keys) == 2 and all(k.startswith(f"{REPORTS}{BATCH_1}.") for k in keys)
+
+
+def test_poison_messages_fail_only_themselves_and_never_write_to_the_dlq(world: World) -> None:
     fixture = event("embedder_sqs_poison.json")
     response = world.handler(fixture, Context())
-    assert response == {"batchItemFailures": []}  # parked, so SQS does not retry them
-    assert world.store.count() == world.expected(BATCH_3)
-    parked = {m["MessageAttributes"]["source"]["StringValue"]: m for m in world.dead_letters()}
     _good, not_json, pdf = fixture["Records"]
-    assert set(parked) == {not_json["messageId"], pdf["messageId"]}
-    assert parked[not_json["messageId"]]["Body"] == not_json["body"]  # the message itself is never lost
-    assert parked[not_json["messageId"]]["MessageAttributes"]["reason"]["StringValue"] == "the message body is not JSON"
-    assert "unsupported file type" in parked[pdf["messageId"]]["MessageAttributes"]["reason"]["StringValue"]
+    failed = [{"itemIdentifier": r["messageId"]} for r in (not_json, pdf)]
+    assert response == {"batchItemFailures": failed}  # SQS retries them, then moves them to the DLQ
+    assert world.store.count() == world.expected(BATCH_3)  # the good message in the batch is indexed
+    assert world.dead_letters() == [] and world.reports() == {}
+
+
+def test_a_batch_of_only_poison_is_answered_with_every_item_failed_not_an_exception(world: World) -> None:
+    fixture = event("embedder_sqs_poison.json")
+    fixture["Records"] = fixture["Records"][1:]
+    response = world.handler(fixture, Context())
+    assert response == {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in fixture["Records"]]}
+
+
+def _deliver(world: World) -> bool:
+    """One poll of the event source mapping: receive a batch, invoke, delete what succeeded, and make the failed
+    items visible again (as their visibility timeout running out would); False when the queue gave nothing."""
+    got = world.sqs.receive_message(QueueUrl=world.queue_url, MaxNumberOfMessages=10, AttributeNames=["All"])
+    messages = got.get("Messages", [])
+    if not messages:
+        return False
+    template = event("embedder_sqs_poison.json")["Records"][0]
+    records = [
+        {
+            **template,
+            "messageId": m["MessageId"],
+            "receiptHandle": m["ReceiptHandle"],
+            "body": m["Body"],
+            "attributes": m["Attributes"],
+        }
+        for m in messages
+    ]
+    failed = {f["itemIdentifier"] for f in world.handler({"Records": records}, Context())["batchItemFailures"]}
+    for m in messages:
+        if m["MessageId"] in failed:
+            world.sqs.change_message_visibility(
+                QueueUrl=world.queue_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0
+            )
+        else:
+            world.sqs.delete_message(QueueUrl=world.queue_url, ReceiptHandle=m["ReceiptHandle"])
+    return True
+
+
+def test_sqs_redrive_moves_a_poison_message_to_the_dlq_after_max_receive_count(world: World) -> None:
+    poison = event("embedder_sqs_poison.json")["Records"][2]["body"]  # an upload of a PDF
+    world.sqs.send_message(QueueUrl=world.queue_url, MessageBody=poison)
+    deliveries = 0
+    while _deliver(world):
+        deliveries += 1
+    assert deliveries == MAX_RECEIVE_COUNT
+    [parked] = world.dead_letters()
+    assert parked["Body"] == poison  # the message itself, as it was sent: a redrive re-sends the source event
+    assert world.reports() == {} and world.store.count() == 0
 
 
 class FlakyStore:
@@ -224,3 +312,38 @@ def test_a_deleted_object_is_poison_but_an_unreachable_bucket_is_retried(world: 
     with pytest.raises(Exception) as caught:
         world.ingestor.handle(json.dumps({"chunk": {"bucket": BUCKET, "key": BATCH_3}}))
     assert not isinstance(caught.value, PoisonMessage)
+
+
+def test_report_keys_name_the_source_version_and_chunk_and_fit_s3s_key_limit() -> None:
+    assert report_key("ingest-reports/", Chunk("b", "a/x.csv"), "v1") == "ingest-reports/a/x.csv.v1.json"
+    assert (
+        report_key("ingest-reports", Chunk("b", "a/x.csv", 100, 200), "v1")
+        == "ingest-reports/a/x.csv.v1.rows-100-200.json"
+    )
+    long_key = "encounters/" + "x" * 1010 + ".csv"  # S3 allows 1,024 bytes; the report's prefix and suffix do not fit
+    key = report_key("ingest-reports/", Chunk("b", long_key), "v1")
+    assert len(key.encode()) <= 1024 and key.startswith("ingest-reports/sha256-") and key.endswith(".v1.json")
+
+
+def test_each_chunk_of_a_large_file_reports_its_own_bad_rows_under_its_own_key(world: World) -> None:
+    frame = world.files[TRAINING].reset_index(drop=True).copy()
+    frame.loc[150, "gender"] = "Zorblax"  # in the second chunk of 100 rows
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    world.s3.put_object(Bucket=BUCKET, Key="training/bad.csv", Body=buf.getvalue().encode())
+    for start in (0, 100):
+        world.ingestor.handle(
+            json.dumps({"chunk": {"bucket": BUCKET, "key": "training/bad.csv", "start": start, "stop": start + 100}})
+        )
+    [(key, raw)] = world.reports().items()
+    assert key.startswith(f"{REPORTS}training/bad.csv.") and key.endswith(".rows-100-200.json")
+    assert json.loads(raw)["bad_rows"] == [{"line": 152, "fields": ["gender"]}] and b"Zorblax" not in raw
+
+
+def test_without_an_s3_uri_reports_go_to_a_local_folder(world: World, tmp_path: Path) -> None:
+    world.ingestor.report_uri = str(tmp_path / "reports")
+    world.handler(event("embedder_sqs_batch.json"), Context())
+    world.handler(event("embedder_sqs_redelivered.json"), Context())
+    [path] = (tmp_path / "reports").iterdir()
+    assert json.loads(path.read_text())["bad_rows"] == [{"line": BAD_ROW + 2, "fields": ["age"]}]
+    assert world.reports() == {} and world.dead_letters() == []

@@ -22,6 +22,7 @@ from chalicelib.registry import Registry
 from chalicelib.sam_template import FUNCTION_TYPES, DevDependencyMissing, Resolver, Template, Unresolved
 from tests.replay import EVENTS, ROOT, fixture, proxy, retrain_world, rules_starting, run, starts, template
 from tests.test_batch_job import aws  # noqa: F401  (the moto buckets the batch fixtures name)
+from tests.test_embedder_function import BUCKET as EMBEDDER_BUCKET
 from tests.test_embedder_function import world  # noqa: F401  (the moto world the SQS fixtures name)
 
 FIXTURES = sorted(p.name for p in EVENTS.glob("*.json"))
@@ -37,6 +38,8 @@ API_STATUS = {
     "api_model.json": 200,
     "api_metrics.json": 200,
     "api_openapi.json": 200,
+    "api_unknown_path.json": 404,  # API Gateway's /{proxy+} resource: the app's own 404, in the error format
+    "api_predict_wrong_method.json": 405,
     # No similar-patient index in this replay: 503, while /chat answers from the model's factors alone.
     # tests/test_similar_api.py and tests/test_chat.py replay the same requests against an index.
     "api_similar_patients.json": 503,
@@ -95,10 +98,11 @@ def test_the_handler_module_invoked_here_is_the_one_the_build_packages(logical_i
 def test_parameters_resolve_to_their_defaults_and_resources_are_left_to_local_defaults() -> None:
     spec = template().function("StartTrainingFunction")
     parameters = template().data["Parameters"]
-    assert spec.environment["READMIT_TRAINING_IMAGE"] == parameters["TrainingImage"]["Default"]
+    assert spec.environment["READMIT_TRAINING_INSTANCE"] == parameters["TrainingInstanceType"]["Default"]
     assert spec.environment["POWERTOOLS_SERVICE_NAME"] == "readmit"  # from Globals
+    assert spec.unresolved["READMIT_TRAINING_IMAGE"] == "TrainingImage"  # a parameter without a default
     assert spec.unresolved["READMIT_SAGEMAKER_ROLE_ARN"] == "SageMakerRole.Arn"
-    assert spec.unresolved["READMIT_SOURCE_URI"] == "ArtifactBucket"
+    assert spec.unresolved["READMIT_ARTIFACT_URI"] == "ArtifactBucket"
     assert spec.timeout == template().properties("StartTrainingFunction")["Timeout"]
 
 
@@ -237,15 +241,18 @@ def ingesting(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     moto_world = request.getfixturevalue("world")
     yield {
         "READMIT_INGEST_QUEUE_URL": moto_world.queue_url,
-        "READMIT_INGEST_DLQ_URL": moto_world.dlq_url,
+        "READMIT_INGEST_REPORT_URI": f"s3://{EMBEDDER_BUCKET}/ingest-reports/",
         "READMIT_EMBEDDER": "local",
     }
 
 
 def check_embedder(name: str, out: dict[str, Any]) -> None:
     assert isinstance(out["batchItemFailures"], list)
-    if name == "embedder_sqs_poison.json":  # acknowledged, and parked on the DLQ with a reason
-        assert not out["batchItemFailures"]
+    if name == "embedder_sqs_poison.json":  # reported as failed: SQS moves them to the DLQ after maxReceiveCount
+        assert {f["itemIdentifier"] for f in out["batchItemFailures"]} == {
+            "4c9f6d1b-b25e-4c41-8f6d-5e0a8b2d3f04",
+            "5d0a7e2c-c36f-4d52-9a7e-6f1b9c3e4a05",
+        }
 
 
 PLACEHOLDER_VERSION = "20261126T020000Z-0123abcd"  # the version the batch fixtures pin
@@ -284,7 +291,10 @@ SCENARIOS: dict[str, tuple[Scenario, Callable[[str, Any], None]]] = {
     "DriftMonitorFunction": (local_champion, check_drift_monitor),
     **{step: (retraining, check_retraining) for step in (*RETRAINING_STEPS, "RejectFunction")},
     "EmbedderFunction": (ingesting, check_embedder),
-    **{fn: (batch_scoring, check_batch) for fn in ("BatchScoreFunction", "BatchPrepareFunction", "BatchMergeFunction")},
+    **{
+        fn: (batch_scoring, check_batch)
+        for fn in ("BatchScoreFunction", "BatchScoreMapFunction", "BatchPrepareFunction", "BatchMergeFunction")
+    },
 }
 
 

@@ -4,12 +4,13 @@ fixture's status code is checked with every other fixture in tests/test_invoke.p
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.replay import proxy, run
+from tests.replay import EVENTS, proxy, run
 
 
 @pytest.fixture
@@ -51,3 +52,26 @@ def test_the_plot_fixture_returns_a_base64_png_as_api_gateway_expects(small_bund
     response = run("ApiFunction", "api_model_plot.json", READMIT_MODEL=str(small_bundle))
     assert response["statusCode"] == 200 and response["isBase64Encoded"] is True
     assert base64.b64decode(response["body"]).startswith(b"\x89PNG\r\n")
+
+
+def test_an_unknown_path_on_the_catch_all_resource_is_a_404_in_the_api_error_format(invoke: Any) -> None:
+    """API Gateway sends paths no other resource has to /{proxy+} (template.yaml's CatchAll event)."""
+    status, body = invoke("api_unknown_path.json")
+    assert status == 404
+    assert body["error"] == "not found" and body["details"][0]["field"] == "path" and body["request_id"]
+
+
+def test_a_known_path_with_another_method_is_a_405_with_the_allow_header(small_bundle: Path) -> None:
+    response = run("ApiFunction", "api_predict_wrong_method.json", READMIT_MODEL=str(small_bundle))
+    assert response["statusCode"] == 405 and response["headers"]["Allow"] == "POST"
+    body = json.loads(response["body"])
+    assert body["error"] == "method not allowed" and body["details"][0]["field"] == "method"
+
+
+def test_a_wrong_method_on_a_route_resource_gets_the_same_405(small_bundle: Path) -> None:
+    """Should a resource ever route a method the app lacks, Chalice's own 405 is not what the caller sees."""
+    event = json.loads((EVENTS / "api_health.json").read_text())
+    event["httpMethod"] = event["requestContext"]["httpMethod"] = "DELETE"
+    response = run("ApiFunction", event, READMIT_MODEL=str(small_bundle))
+    assert response["statusCode"] == 405 and response["headers"]["Allow"] == "GET"
+    assert json.loads(response["body"])["error"] == "method not allowed"

@@ -49,6 +49,16 @@ class Server:
             raw, status, kind = err.read(), err.code, err.headers.get("Content-Type", "")
         return status, json.loads(raw) if "json" in kind else raw.decode()
 
+    def exchange(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], Any]:
+        """Status, headers and (JSON) body of one request."""
+        req = urllib.request.Request(self.url + path, data=body, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw, status, headers = resp.read(), resp.status, dict(resp.headers)
+        except urllib.error.HTTPError as err:
+            raw, status, headers = err.read(), err.code, dict(err.headers)
+        return status, headers, json.loads(raw) if "json" in headers.get("Content-Type", "") else raw.decode()
+
     def logs(self) -> str:
         return self.log_path.read_text()
 
@@ -221,3 +231,33 @@ def test_server_logs_never_contain_identifiers_or_record_values(
     assert "request rejected" in logs  # the log is really captured
     for secret in ("314159265", "271828182", "Podiatry", "[999-1000)", "V99.99x", "Zorblax", "250.02"):
         assert secret not in logs, f"{secret!r} leaked into the server log"
+
+
+@pytest.mark.parametrize("path", ["/nope", "/patients/86753090/history", "/predict/batch/extra?explain=false"])
+def test_an_unknown_path_is_a_404_in_the_api_error_format(served: tuple[Server, Registry], path: str) -> None:
+    server, _ = served
+    for method in ("GET", "POST", "DELETE"):
+        status, headers, body = server.exchange(method, path, b"{}" if method == "POST" else None)
+        assert status == 404, (method, path, body)
+        assert body["error"] == "not found" and body["details"][0]["field"] == "path" and body["request_id"]
+        assert headers["Content-Type"] == "application/json" and "Allow" not in headers
+    time.sleep(0.3)
+    assert "86753090" not in server.logs()  # a path may carry an identifier: it is never logged
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/predict", "POST"),
+        ("PUT", "/predict/batch", "POST"),
+        ("POST", "/health", "GET"),
+        ("DELETE", "/", "GET"),
+    ],
+)
+def test_a_known_path_with_another_method_is_a_405_with_the_allow_header(
+    served: tuple[Server, Registry], method: str, path: str, allow: str
+) -> None:
+    server, _ = served
+    status, headers, body = server.exchange(method, path, b"{}" if method in ("POST", "PUT") else None)
+    assert status == 405 and headers["Allow"] == allow, (status, headers, body)
+    assert body["error"] == "method not allowed" and body["details"][0]["field"] == "method"

@@ -51,7 +51,7 @@ REALISTIC_ARNS = {
 BATCH_SUBSTITUTIONS = {
     **{
         f"Batch{step}FunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:readmit-batch-{step.lower()}"
-        for step in ("Score", "Prepare", "Merge")
+        for step in ("Score", "ScoreMap", "Prepare", "Merge")
     },
     "BatchNotificationTopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:readmit-batch",
     "DataBucketName": "readmit-data-dev",
@@ -218,6 +218,41 @@ def test_every_state_is_reachable_and_every_transition_targets_a_state() -> None
     for name, state in states.items():
         assert set(transitions(state)) <= set(states), name
     assert reachable(states, definition["StartAt"]) == set(states)
+
+
+def training_job_statuses() -> set[str]:
+    """DescribeTrainingJob's TrainingJobStatus values, from botocore's model (data/sagemaker/*/service-2.json)."""
+    import botocore.session
+
+    return set(botocore.session.get_session().get_service_model("sagemaker").shape_for("TrainingJobStatus").enum)
+
+
+def string_rules(rule: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The comparisons of a Choice rule, through And, Or and Not."""
+    for key in ("And", "Or"):
+        for inner in rule.get(key, []):
+            yield from string_rules(inner)
+    if "Not" in rule:
+        yield from string_rules(rule["Not"])
+    if "Variable" in rule:
+        yield rule
+
+
+def test_the_training_loop_compares_only_statuses_that_describe_training_job_returns() -> None:
+    statuses = training_job_statuses()
+    assert {"InProgress", "Completed", "Failed", "Stopping", "Stopped"} <= statuses  # the model was read
+    choice = load()["States"]["TrainingStatus"]
+    routes: dict[str, str] = {}
+    for rule in choice["Choices"]:
+        for comparison in string_rules(rule):
+            assert set(comparison) - {"Next"} == {"Variable", "StringEquals"}, comparison  # exact values only
+            assert comparison["Variable"] == "$.training.status", comparison
+            routes[comparison["StringEquals"]] = rule["Next"]
+    assert set(routes) <= statuses, f"not a TrainingJobStatus: {set(routes) - statuses}"
+    assert routes == {"Completed": "Evaluate", "InProgress": "WaitForTraining", "Stopping": "WaitForTraining"}
+    # every other status (Failed, Stopped, Deleting, or one AWS adds later) fails the run
+    assert choice["Default"] == "TrainingFailed"
+    assert statuses - set(routes) >= {"Failed", "Stopped"}
 
 
 def test_failure_paths_never_reach_the_only_state_that_changes_the_champion() -> None:

@@ -51,7 +51,7 @@ def test_every_chalice_route_has_exactly_one_api_event(template: dict[str, Any])
     events = template["Resources"]["ApiFunction"]["Properties"]["Events"]
     declared = {(e["Properties"]["Path"], e["Properties"]["Method"]) for e in events.values() if e["Type"] == "Api"}
     assert routes <= declared
-    assert declared - routes == {("/{proxy+}", "any")}  # the catch-all, which Chalice answers with 405
+    assert declared - routes == {("/{proxy+}", "any")}  # the catch-all: app.unrouted answers 404, or 405 with Allow
 
 
 def test_health_openapi_and_the_page_are_public_and_everything_else_needs_a_key(template: dict[str, Any]) -> None:

@@ -82,7 +82,15 @@ def test_the_rule_hands_the_state_machine_a_valid_drift_execution_input() -> Non
     text = rule["Input"]["Sub"].replace("${DataBucket}", "data").replace("${ModelBucket}", "models")
     run = RetrainInput.model_validate(json.loads(sam_template().resolve({"Sub": text})))  # parameters: their defaults
     assert run.trigger == "drift" and run.data_uri == "s3://data/training/diabetic_data.csv"
-    assert run.gate == {"min_auc": 0.65, "max_auc_drop": 0.005, "max_ece": 0.02}
+    # The gate is the stack's (GateMinAuc, ...), set on the evaluation step itself, so a manual run that names no
+    # gate is judged by the same thresholds as the schedule and the alarm; an input's `gate` only overrides.
+    assert run.gate == {}
+    env = template["Resources"]["EvaluateFunction"]["Properties"]["Environment"]["Variables"]
+    assert {k: v["Ref"] for k, v in env.items() if k.startswith("READMIT_GATE_")} == {
+        "READMIT_GATE_MIN_AUC": "GateMinAuc",
+        "READMIT_GATE_MAX_AUC_DROP": "GateMaxAucDrop",
+        "READMIT_GATE_MAX_ECE": "GateMaxEce",
+    }
 
 
 def test_the_alarm_returning_to_ok_starts_nothing(bus: tuple[Any, Any, str]) -> None:

@@ -1,17 +1,15 @@
 """The GitHub Actions workflows: tests on every change, AWS only through OIDC roles, deploys only after the tests,
-and the SageMaker source the deploy uploads is what the training job runs."""
+and the deploy builds and pushes the SageMaker training image the stack then runs, pinned by digest."""
 
 from __future__ import annotations
 
+import re
 import subprocess
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-from chalicelib.sagemaker_jobs import ENTRY_POINT
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -78,7 +76,18 @@ def test_deploy_runs_on_main_after_the_tests_and_deploys_without_prompting() -> 
     script = runs(deploy)
     assert "sam build" in script and "sam deploy" in script
     assert "--no-confirm-changeset" in script and "--no-fail-on-empty-changeset" in script
-    assert "make sourcedir" in script and "/code/sourcedir.tar.gz" in script  # READMIT_SOURCE_URI's object
+    assert "sourcedir" not in script  # the training code is baked into the image now (issue #14)
+
+
+def test_the_deploy_pushes_the_training_image_and_passes_it_pinned_by_digest() -> None:
+    deploy = load("deploy.yml")["jobs"]["deploy"]
+    names = [s.get("name", "") for s in steps(deploy)]
+    (push,) = [s for s in steps(deploy) if "make --no-print-directory training-image" in s.get("run", "")]
+    assert names.index(push["name"]) < names.index("sam deploy")
+    assert push["env"] == {"REPO": "${{ vars.SAM_IMAGE_REPOSITORY }}", "TAG": "training-${{ github.sha }}"}
+    assert 'REPO="$REPO" TRAINING_TAG="$TAG"' in push["run"] and "docker login" in push["run"]
+    (sam,) = [s for s in steps(deploy) if s.get("name") == "sam deploy"]
+    assert re.search(r'--parameter-overrides "[^"]*\bTrainingImage=\$TRAINING_IMAGE\b', sam["run"])
 
 
 def test_validate_runs_every_template_and_state_machine_check() -> None:
@@ -105,11 +114,17 @@ def test_the_deploy_variables_are_outputs_of_the_bootstrap_stack(variable: str) 
     assert f"variable {variable}" in (ROOT / "deploy" / "aws" / "github-oidc.yaml").read_text()
 
 
-def test_the_sagemaker_source_holds_the_entry_point_and_the_training_requirements(tmp_path: Path) -> None:
-    out = tmp_path / "sourcedir.tar.gz"
-    subprocess.run(["make", "-s", "sourcedir", f"SOURCEDIR={out}"], cwd=ROOT, check=True, capture_output=True)
-    with tarfile.open(out) as tar:
-        names = set(tar.getnames())
-        requirements = tar.extractfile("./requirements.txt").read().decode()  # type: ignore[union-attr]
-    assert f"./{ENTRY_POINT}" in names
-    assert {"xgboost-cpu", "pandas", "scikit-learn"} <= {r.split(">")[0].split("[")[0] for r in requirements.split()}
+def test_the_training_image_target_builds_the_training_dockerfile_and_prints_the_digest_uri() -> None:
+    repo = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/readmit"
+    plan = subprocess.run(
+        ["make", "-n", "training-image", f"REPO={repo}", "TRAINING_TAG=training-abc"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert f'-f deploy/training/Dockerfile -t "{repo}:training-abc" .' in plan
+    assert f'docker push "{repo}:training-abc"' in plan
+    assert f'grep -m1 "^{repo}@sha256:"' in plan and 'echo "TrainingImage=$digest"' in plan
+    unset = subprocess.run(["make", "-s", "training-image", "REPO="], cwd=ROOT, capture_output=True, text=True)
+    assert unset.returncode != 0 and "usage: make training-image REPO=" in unset.stderr
