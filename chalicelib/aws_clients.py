@@ -3,6 +3,7 @@ never import boto3 (~0.4 s of cold start)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -32,3 +33,14 @@ class LazyClient:
                 client = boto3.client(self.service)
             setattr(obj, self.slot, client)
         return client
+
+
+@functools.lru_cache(maxsize=8)
+def secret_string(secret_id: str, client: Any = None) -> str:
+    """A Secrets Manager secret's SecretString, fetched once per container (the identifier salt, the Qdrant API
+    key): every container must use the same value, and a per-request call would cost a round trip."""
+    if client is None:
+        import boto3
+
+        client = boto3.client("secretsmanager")
+    return client.get_secret_value(SecretId=secret_id)["SecretString"]

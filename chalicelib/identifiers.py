@@ -9,7 +9,6 @@ stable across restarts. ``kind`` separates namespaces: patient 123 and encounter
 from __future__ import annotations
 
 import contextlib
-import functools
 import hmac
 import numbers
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import settings
+from .aws_clients import secret_string
 
 HASH_CHARS = 32  # 128 bits: collisions are out of reach for any hospital's lifetime of encounters
 SALT_FILE = "id_salt"
@@ -108,14 +108,10 @@ def _read_or_create(path: Path) -> str:
 ENV_SALT_SECRET = "READMIT_ID_SALT_SECRET"  # on AWS: a Secrets Manager secret id holding the salt
 
 
-@functools.lru_cache(maxsize=4)
 def secret_salt(secret_id: str, client: Any = None) -> str:
-    """The salt from Secrets Manager, fetched once per container: every container must hash alike."""
-    if client is None:
-        import boto3
-
-        client = boto3.client("secretsmanager")
-    value = client.get_secret_value(SecretId=secret_id)["SecretString"]
+    """The salt from Secrets Manager, fetched once per container (aws_clients.secret_string): every container must
+    hash alike."""
+    value = secret_string(secret_id, client)
     if not value:
         raise EmptySalt(f"secret {secret_id} holds an empty salt")
     return value

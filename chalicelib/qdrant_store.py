@@ -11,7 +11,6 @@ Manager (``$READMIT_QDRANT_API_KEY_SECRET``) or ``$READMIT_QDRANT_API_KEY``; it 
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import settings
+from .aws_clients import secret_string
 from .vectors import DimensionMismatch, Hit, StoreNotConfigured, check_upsert, point_uuid, query_vector
 
 UPSERT_BATCH = 1024
@@ -56,14 +56,9 @@ class Replication(BaseModel):
             raise StoreNotConfigured(f"invalid Qdrant replication settings: {e}") from e
 
 
-@functools.lru_cache(maxsize=4)
 def secret_api_key(secret_id: str, client: Any = None) -> str:
-    """The API key from Secrets Manager, fetched once per container (as identifiers.secret_salt fetches the salt)."""
-    if client is None:
-        import boto3
-
-        client = boto3.client("secretsmanager")
-    value = client.get_secret_value(SecretId=secret_id)["SecretString"]
+    """The API key from Secrets Manager, fetched once per container (aws_clients.secret_string)."""
+    value = secret_string(secret_id, client)
     if not value:
         raise StoreNotConfigured(f"secret {secret_id} holds an empty Qdrant API key")
     return value

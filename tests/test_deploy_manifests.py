@@ -10,7 +10,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -517,11 +516,9 @@ def test_a_job_for_pods_that_do_not_exist_is_caught() -> None:
 
 
 def _checkov() -> str:
-    local = ROOT / ".tools" / "checkov" / "bin" / "checkov"
-    found = str(local) if local.exists() else shutil.which("checkov")
-    if not found:
-        pytest.fail("checkov is not installed: `make tools` puts it in .tools/checkov")
-    return found
+    from tests.test_security import checkov
+
+    return checkov()
 
 
 def _declared_skips() -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chalicelib.aws_clients import secret_string
 from chalicelib.identifiers import (
     HASH_CHARS,
     CorruptSaltFile,
@@ -136,12 +137,12 @@ def test_on_aws_the_salt_comes_from_secrets_manager_so_every_container_hashes_al
 
     monkeypatch.setenv("READMIT_HOME", str(tmp_path))
     monkeypatch.delenv("READMIT_ID_SALT", raising=False)
-    identifiers.secret_salt.cache_clear()
+    secret_string.cache_clear()
     with mock_aws():
         client = boto3.client("secretsmanager", region_name="us-east-1")
         arn = client.create_secret(Name="readmit-salt", SecretString="from-the-secret")["ARN"]
         monkeypatch.setenv("READMIT_ID_SALT_SECRET", arn)
         hashed = identifiers.hash_id(12345, kind="patient")
-    identifiers.secret_salt.cache_clear()
+    secret_string.cache_clear()
     assert hashed == identifiers.hash_id(12345, "from-the-secret", kind="patient")
     assert not (tmp_path / "id_salt").exists()  # no per-container salt was made

@@ -64,11 +64,11 @@ def stack_of(parameters: Mapping[str, str]) -> Stack:
 
 # ---- parameter ranges against the resource schemas ----------------------------------------------------------------
 def provider_schema(resource_type: str) -> dict[str, Any] | None:
-    from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
+    from cfnlint.schema import PROVIDER_SCHEMA_MANAGER, ResourceNotFoundError
 
     try:
         return PROVIDER_SCHEMA_MANAGER.get_resource_schema("us-east-1", resource_type).schema
-    except Exception:
+    except ResourceNotFoundError:  # a type cfn-lint has no schema for has no bounds to check
         return None
 
 

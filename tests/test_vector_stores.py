@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from opensearchpy import OpenSearch, RequestError, helpers
 
+from chalicelib.aws_clients import secret_string
 from chalicelib.identifiers import hash_id
 from chalicelib.numpy_store import NumpyStore
 from chalicelib.opensearch_store import CustomIdsUnsupported, OpenSearchStore, index_body, signing_target, similarity
@@ -352,7 +353,7 @@ def test_a_server_store_gets_its_api_key_from_secrets_manager_over_https(
         return qdrant_client(path=":memory:")
 
     monkeypatch.setattr(qs, "qdrant_client", fake_client)
-    qs.secret_api_key.cache_clear()
+    secret_string.cache_clear()
     key = "k-" + "7" * 40
     with mock_aws():
         arn = boto3.client("secretsmanager").create_secret(Name="readmit/qdrant", SecretString=key)["ARN"]
@@ -367,7 +368,7 @@ def test_a_server_store_gets_its_api_key_from_secrets_manager_over_https(
     assert made == [{"url": "https://qdrant.readmit.internal:6333", "api_key": key}]
     assert isinstance(store, QdrantStore) and store.replication == Replication()
     assert key not in caplog.text and key not in "".join(capsys.readouterr())
-    qs.secret_api_key.cache_clear()
+    secret_string.cache_clear()
 
 
 def test_a_server_store_without_a_secret_uses_the_plain_key_and_local_mode_none(
