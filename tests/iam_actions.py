@@ -2,13 +2,15 @@
 
 Three parts, compared by tests/test_function_permissions.py:
 
-1. ``code_calls``: the AWS API operations a function's code can make, found statically. From the handler, it
+1. ``code_calls``: the AWS API operations a function's code can call, found statically. From the handler, it
    follows the project modules really imported (module-level imports, and imports inside functions that are
-   reachable), and the functions reachable by name from the handler's module-level code; in that code it finds
-   every boto3 client created (``boto3.client("svc")``, ``LazyClient("svc")``) and every call of one of those
-   services' operations (snake_case method names from botocore's service model), paginator, waiter or S3
-   transfer method, plus the HTTP calls opensearch-py signs for us. The name-based call graph over-approximates:
-   it cannot miss a branch, at the price of counting a method as called if any reachable code names it.
+   reachable) and the functions reachable from the handler; in that code it finds every boto3 client created
+   (``boto3.client("svc")``, ``LazyClient("svc")``) and every call of one of those services' operations
+   (snake_case method names from botocore's service model), paginator, waiter or S3 transfer method, plus the HTTP
+   calls opensearch-py signs for us. A method call ``x.m()`` reaches the ``m`` of ``x``'s class, its type inferred
+   from annotations, constructors and assignments; only a receiver of unknown type reaches every ``m``, and then
+   only of classes the reachable code creates (``_Collector``). ``secret_verdict`` adds the resource level for
+   Secrets Manager: which secret, decrypted with which key.
 2. ``iam_actions``: operation → IAM action(s), from the Service Authorization Reference (parliament's offline copy,
    iam_definition.json) with the documented exceptions, each cited below.
 3. ``role_actions``: the execution role SAM generates (samtranslator, run offline on the template with dummy
@@ -215,7 +217,7 @@ class _Class:
 
 
 Binding = tuple[Any, ...]  # ("def", _Def) | ("class", key) | ("mod", name) | ("from", module, name) | ("ext", name)
-#                            | ("var", module, [value exprs])
+#                            | ("var", module, [("value" | "ann" | "unknown", expr)])
 
 
 @dataclass
@@ -260,6 +262,7 @@ class _Collector:
         self._attr_types: dict[tuple[str, str], Types] = {}
         self._busy: set[Any] = set()
         self._local_bindings: dict[int, dict[str, list[tuple[str, Any]]]] = {}
+        self._foreign_attrs: set[str] | None = None
         self._ancestors: dict[str, set[str]] = {}  # cleared when a module's classes are added
         self._descendants: dict[str, set[str]] = {}
 
@@ -285,14 +288,23 @@ class _Collector:
         for stmt in top:
             if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
                 module.symbols[stmt.name] = ("def", _Def(name, stmt, None))
-            elif isinstance(stmt, ast.Assign | ast.AnnAssign) and stmt.value is not None:
+            elif isinstance(stmt, ast.Assign | ast.AnnAssign):
                 targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
                 for target in targets:
                     if isinstance(target, ast.Name):
                         previous = module.symbols.get(target.id)
                         values = previous[2] if previous and previous[0] == "var" else []
-                        module.symbols[target.id] = ("var", name, [*values, stmt.value])
+                        if isinstance(stmt, ast.AnnAssign):  # `_jobs: BatchJobs | None = None`
+                            values = [*values, ("ann", stmt.annotation)]
+                        if stmt.value is not None:
+                            values = [*values, ("value", stmt.value)]
+                        module.symbols[target.id] = ("var", name, values)
         for node in ast.walk(tree):
+            if isinstance(node, ast.Global):  # rebound inside a function: whatever it was assigned there
+                for target in node.names:
+                    binding = module.symbols.get(target)
+                    if binding and binding[0] == "var":
+                        module.symbols[target] = ("var", name, [*binding[2], ("unknown", None)])
             if isinstance(node, ast.ClassDef):
                 self._class(module, node)
             elif isinstance(node, ast.Import | ast.ImportFrom):
@@ -437,7 +449,7 @@ class _Collector:
     def _members(self, key: str) -> set[str]:
         return {m for k in self.ancestors(key) if k in self.classes for m in self.classes[k].methods}
 
-    def _binding_types(self, binding: Binding | None, owner: str | None = None) -> Types:
+    def _binding_types(self, binding: Binding | None) -> Types:
         """The type of the value a module-level binding names."""
         if binding is None:
             return None
@@ -449,12 +461,19 @@ class _Collector:
         if kind == "ext":
             return frozenset({("extobj", binding[1])})
         if kind == "var":
-            key = ("var", id(binding[2][0]))
-            if key in self._busy:
+            key = ("var", id(binding[2]))
+            if key in self._busy or any(source == "unknown" for source, _ in binding[2]):
                 return None
             self._busy.add(key)
             try:
-                return _union(*(self.expr_types(binding[1], v, None, None) for v in binding[2]))
+                return _union(
+                    *(
+                        self.expr_types(binding[1], v, None, None)
+                        if source == "value"
+                        else self.annotation_types(binding[1], v, None)
+                        for source, v in binding[2]
+                    )
+                )
             finally:
                 self._busy.discard(key)
         return None
@@ -737,6 +756,8 @@ class _Collector:
         memo = (key, attr)
         if memo in self._attr_types:
             return self._attr_types[memo]
+        if attr in self._foreign():  # assigned from outside the class somewhere: not followed
+            return None
         if memo in self._busy:
             return None
         self._busy.add(memo)
@@ -791,6 +812,26 @@ class _Collector:
         finally:
             self._busy.discard(memo)
 
+    def _foreign(self) -> set[str]:
+        """Attributes some project code assigns on an object other than ``self`` (``job.client = …``): their
+        values are not followed, so such an attribute's type is unknown."""
+        if self._foreign_attrs is None:
+            trees = [m.tree for m in self.modules.values()]
+            for package in PACKAGES:
+                trees += [ast.parse(p.read_text()) for p in sorted((ROOT / package).rglob("*.py"))]
+            self._foreign_attrs = {
+                target.attr
+                for tree in trees
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign)
+                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                for target in ast.walk(target)
+                if isinstance(target, ast.Attribute)
+                and isinstance(target.ctx, ast.Store)
+                and not (isinstance(target.value, ast.Name) and target.value.id in ("self", "cls"))
+            }
+        return self._foreign_attrs
+
     # -- code regions ----------------------------------------------------------------------------------------------
     def _region(self, node: ast.AST) -> Iterator[ast.AST]:
         """The nodes that run when ``node`` runs: a module's top level (not its function bodies, but decorators,
@@ -813,6 +854,12 @@ class _Collector:
                 continue
             for child in ast.iter_child_nodes(current):
                 if isinstance(child, ast.arg):
+                    continue
+                if (  # `class B(A)` creates no A
+                    isinstance(current, ast.ClassDef)
+                    and child in current.bases
+                    and isinstance(child, ast.Name | ast.Attribute | ast.Subscript)
+                ):
                     continue
                 if isinstance(current, ast.AnnAssign) and child is current.annotation:
                     continue
@@ -1040,6 +1087,11 @@ def collect(module: str, path: Path, attribute: str) -> _Collector:
 
 @functools.cache
 def _code_calls(module: str, path: Path, attribute: str) -> CodeCalls:
+    return collect_calls(module, path, attribute)
+
+
+def collect_calls(module: str, path: Path, attribute: str) -> CodeCalls:
+    """The operations the handler ``attribute`` of ``module`` (the file at ``path``) can call, uncached."""
     collector = collect(module, path, attribute)
     calls: set[Call] = set()
     http: set[HttpCall] = set()
@@ -1264,11 +1316,17 @@ class Grant:
     source: str
 
 
-def role_grants(logical_id: str) -> set[Grant]:
+@functools.cache
+def _template(path: Path = ROOT / "template.yaml") -> Template:
+    return Template(path)
+
+
+@functools.cache
+def role_grants(logical_id: str) -> frozenset[Grant]:
     """Every action the function's execution role allows, Deny statements subtracted (conditions ignored)."""
     resources = translated()["Resources"]
     role = resources[f"{logical_id}Role"]["Properties"]
-    policies = Template(ROOT / "template.yaml").properties(logical_id).get("Policies", [])
+    policies = _template().properties(logical_id).get("Policies", [])
     allowed: set[Grant] = set()
     denied: set[str] = set()
     for policy in role.get("Policies", []):
@@ -1289,7 +1347,7 @@ def role_grants(logical_id: str) -> set[Grant]:
         if name not in MANAGED_POLICIES:
             raise UnsupportedAwsUsage(f"{logical_id}: managed policy {arn} has no entry in MANAGED_POLICIES")
         allowed |= {Grant(a, name) for a in MANAGED_POLICIES[name]}
-    return {g for g in allowed if g.action not in denied}
+    return frozenset(g for g in allowed if g.action not in denied)
 
 
 def referenced_resources(value: Any) -> set[str]:
@@ -1548,7 +1606,7 @@ class Verdict:
     excused: dict[str, str]  # allowed surplus: action → reason
 
 
-def compare(need_list: list[Need], grants: set[Grant]) -> Verdict:
+def compare(need_list: list[Need], grants: set[Grant] | frozenset[Grant]) -> Verdict:
     """Pure comparison of what is needed and what is granted (the tests also feed it synthetic roles)."""
     granted = {g.action for g in grants}
     missing: dict[str, list[str]] = {}
@@ -1571,3 +1629,85 @@ def compare(need_list: list[Need], grants: set[Grant]) -> Verdict:
 
 def verdict(template: Template, logical_id: str) -> Verdict:
     return compare(needs(template, logical_id), role_grants(logical_id))
+
+
+# ---- resources: which secret, which key ------------------------------------------------------------------------------
+# The action check above cannot tell the API's Qdrant key from the identifier salt: both are GetSecretValue. This
+# one resolves the role's statements to ARNs (tests/iam_model.Stack, the stack as CloudFormation would name it) and
+# asks, per secret the function is told about: may the role read it, and decrypt it with its KMS key?
+SECRET = "AWS::SecretsManager::Secret"
+# Parameter sets under which each secret exists: the Qdrant key only with a remote Qdrant (UseRemoteQdrant).
+SECRET_VARIANTS: dict[str, dict[str, str]] = {
+    "defaults": {},
+    "remote-qdrant": {"VectorStore": "qdrant", "QdrantUrl": "https://qdrant.example.internal:6333"},
+}
+
+
+@dataclass
+class SecretVerdict:
+    """Secrets the function reads but may not (or may not decrypt), and secrets it may read but is never told."""
+
+    missing: dict[str, str]  # "action on resource" → why
+    surplus: list[str]  # secrets the role may read that no environment variable the code reads names
+
+
+@functools.cache
+def stack(variant: str) -> Any:
+    """The translated template as one stack (tests/iam_model.Stack) with the variant's parameter values; SAM leaves
+    Fn::If in the role's statements, so one translation serves every variant."""
+    from tests.iam_model import Stack
+
+    template = translated()
+    known = {k: v for k, v in SECRET_VARIANTS[variant].items() if k in template.get("Parameters", {})}
+    return Stack(template, known)
+
+
+def role_statements(variant: str, logical_id: str) -> list[dict[str, Any]]:
+    """The execution role's statements, intrinsics resolved (a false Fn::If branch dropped)."""
+    s = stack(variant)
+    role = s.template["Resources"][f"{logical_id}Role"]["Properties"]
+    out: list[dict[str, Any]] = []
+    for policy in role.get("Policies", []):
+        statements = s.resolve(policy["PolicyDocument"]).get("Statement", [])
+        out += [st for st in (statements if isinstance(statements, list) else [statements]) if isinstance(st, dict)]
+    return out
+
+
+def secrets_told(variant: str, template: Template, logical_id: str) -> dict[str, str]:
+    """Secret → the environment variable that hands the function its ARN, for variables its reachable code names
+    (a string literal in a module it imports: settings are read as ``os.environ["NAME"]`` / ``env.get("NAME")``)."""
+    s = stack(variant)
+    _, path = handler_file(template, logical_id)
+    sources = "\n".join((_module_path(m) or path).read_text() for m in code_calls(template, logical_id).modules)
+    variables = s.resolve(s.template["Resources"][logical_id]["Properties"].get("Environment", {}))
+    told: dict[str, str] = {}
+    for name, value in (variables.get("Variables") or {}).items():
+        for secret in (r for r, v in s.resources.items() if v["Type"] == SECRET):
+            if value == s.ref(secret) and re.search(rf"[\"']{re.escape(name)}[\"']", sources):
+                told[secret] = name
+    return told
+
+
+def secret_verdict(variant: str, template: Template, logical_id: str) -> SecretVerdict:
+    from tests.iam_model import policy_allows
+
+    s = stack(variant)
+    statements = role_statements(variant, logical_id)
+    reads = ("secretsmanager", "GetSecretValue") in code_calls(template, logical_id).operations()
+    told = secrets_told(variant, template, logical_id) if reads else {}
+    missing: dict[str, str] = {}
+    for secret, variable in told.items():
+        arn = s.arn(secret)
+        if not policy_allows(statements, "secretsmanager:GetSecretValue", arn):
+            missing[f"secretsmanager:GetSecretValue on {secret}"] = f"the code reads ${variable}"
+        # "kms:Decrypt - required only if you use a customer managed key to encrypt the secret"
+        # (https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_GetSecretValue.html)
+        for key in s.references(s.template["Resources"][secret]["Properties"].get("KmsKeyId")):
+            if not policy_allows(statements, "kms:Decrypt", s.arn(key)):
+                missing[f"kms:Decrypt on {key}"] = f"{secret} is encrypted with it; the code reads ${variable}"
+    readable = [
+        secret
+        for secret, resource in s.resources.items()
+        if resource["Type"] == SECRET and policy_allows(statements, "secretsmanager:GetSecretValue", s.arn(secret))
+    ]
+    return SecretVerdict(missing, sorted(set(readable) - set(told)))

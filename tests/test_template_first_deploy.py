@@ -322,3 +322,22 @@ def test_qdrant_gets_an_api_key_secret_the_api_and_embedder_may_read() -> None:
         env = s.resolve(s.props(function)["Environment"]["Variables"])
         assert env["READMIT_QDRANT_API_KEY_SECRET"] == arn
     assert "QdrantApiKeySecret" not in stack_of(BASE).resources  # Qdrant not configured: no secret
+
+
+# ---- every function that hashes identifiers hashes them alike ----------------------------------------------------
+def test_every_function_whose_code_hashes_identifiers_gets_the_stacks_salt() -> None:
+    """Without READMIT_ID_SALT_SECRET a function hashes with a random per-container salt: the drift monitor once
+    hashed outcome ids that could never join the API's audit records, so the realized-AUC alarm could not fire."""
+    from tests.iam_actions import _template, code_calls
+
+    template = _template()
+    hashing = [
+        f
+        for f in template.functions()
+        if "chalicelib.identifiers" in (calls := code_calls(template, f)).modules
+        and ("secretsmanager", "GetSecretValue") in calls.operations()  # reaches the salt's fetch, not just the module
+    ]
+    assert {"ApiFunction", "EmbedderFunction", "DriftMonitorFunction"} <= set(hashing)
+    for function in hashing:
+        env = template.properties(function).get("Environment", {}).get("Variables", {})
+        assert env.get("READMIT_ID_SALT_SECRET") == {"Ref": "IdSaltSecret"}, function
