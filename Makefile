@@ -127,8 +127,9 @@ build-StartTrainingFunction:
 	$(call light_function,start_training)
 build-CheckTrainingFunction:
 	$(call light_function,check_training)
-build-PromoteFunction:
+build-PromoteFunction:  # also numpy/scipy/xgboost: model_check loads and scores the winner in a child process
 	$(call light_function,promote)
+	$(LAMBDA_PIP) numpy xgboost-cpu scipy
 build-RejectFunction:
 	$(call light_function,reject)
 

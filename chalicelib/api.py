@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -21,27 +22,71 @@ from . import card, telemetry
 from .api_models import (
     MAX_BATCH_BODY_BYTES,
     MAX_BODY_BYTES,
+    BatchRequest,
     parse_batch_body,
     parse_encounter_body,
     parse_json,
 )
 from .audit import open_prediction_log
 from .chat import Explainer, Facts
-from .errors import ApiError, InvalidQuery, MethodNotAllowed, RouteNotFound, UnsupportedMediaType, ValidationFailed
+from .errors import (
+    ApiError,
+    Detail,
+    InvalidQuery,
+    MethodNotAllowed,
+    RouteNotFound,
+    UnsupportedMediaType,
+    ValidationFailed,
+    safe_text,
+)
 from .features import FEATURES
 from .history_store import open_history_store
 from .model_provider import DEFAULT_CHECK_INTERVAL, ModelProvider
 from .openapi import document
 from .page import clinician_page
+from .schema import COLUMN_NAMES, IDENTIFIERS
 from .service import Predictor, cohort_error
 from .settings import ENV_MODEL, ENV_REGISTRY, registry_uri
 from .similar import Neighbours, SimilarPatients
-from .similar_models import IndexNotReady, parse_chat, parse_similar
+from .similar_models import ChatRequest, IndexNotReady, SimilarFilters, SimilarRequest, parse_chat, parse_similar
 from .vectors import DimensionMismatch, IndexMissing, StoreNotConfigured
 
 ENV_CHECK_INTERVAL = "READMIT_CHECK_INTERVAL"
 UNROUTED = "(unrouted)"  # the route label of unknown paths: bounded metric labels, and no path in the logs
 log = telemetry.logger
+# The names an error detail may carry that are the service's own (UCI columns, envelope fields, the parts of a
+# request); any other name in a detail is one the caller chose, which is never logged nor used as a metric label.
+SCHEMA_NAMES = frozenset(
+    {
+        *COLUMN_NAMES,
+        *BatchRequest.model_fields,
+        *SimilarRequest.model_fields,
+        *ChatRequest.model_fields,
+        *SimilarFilters.model_fields,
+        *("body", "Content-Type", "explain", "record", "model", "index", "path", "method"),
+    }
+)
+_WHERE = re.compile(r"(?:encounters\[\d+\]\.|encounter\.|filters\.)?(.*)", re.DOTALL)  # where in the body
+
+
+def loggable_fields(details: Iterable[Detail]) -> tuple[list[str], int]:
+    """(the detail fields that are schema names, how many are not): what a log line or a metric may carry. An
+    unknown field's name is the caller's text (``{"MRN 69384114 John Smith": 1}``), so only its count is kept."""
+    known, unknown = [], 0
+    for d in details:
+        match = _WHERE.fullmatch(d.field)
+        if match and match.group(1) in SCHEMA_NAMES:
+            known.append(d.field)
+        else:
+            unknown += 1
+    return known, unknown
+
+
+def _recordable(record: Mapping[str, Any], prefix: str = "") -> None:
+    """?record=true stores the encounter under (patient_nbr, encounter_id): without both it cannot be stored, and
+    scoring it as if it had been would hide that from the caller, so it is a 422 (the OpenAPI document says so)."""
+    if missing := [name for name in IDENTIFIERS if record.get(name) is None]:
+        raise ValidationFailed([Detail(f"{prefix}{name}", "is required when record=true") for name in missing])
 
 
 @dataclass
@@ -244,6 +289,8 @@ class ReadmitAPI:
         record = parse_encounter_body(parse_json(request.body, MAX_BODY_BYTES))
         if err := cohort_error(record):
             raise err
+        if remember:
+            _recordable(record)
         model = self.predictor.model()
         [scored] = self.predictor.score(
             model, [record], explain=explain, request_id=request.request_id, remember=remember
@@ -262,9 +309,12 @@ class ReadmitAPI:
                 record = parse_encounter_body(item, prefix=f"encounters[{i}].")
                 if err := cohort_error(record, prefix=f"encounters[{i}]."):
                     raise err
+                if remember:
+                    _recordable(record, prefix=f"encounters[{i}].")
                 valid.append((i, record))
             except ValidationFailed as exc:
-                telemetry.record_invalid([d.field.split(".", 1)[-1] for d in exc.details])
+                known, _unknown = loggable_fields(exc.details)
+                telemetry.record_invalid([f.split(".", 1)[-1] for f in known])
                 results[i].update(exc.body())
         model = self.predictor.model()
         if valid:
@@ -333,22 +383,24 @@ class ReadmitAPI:
         try:
             response = run(request)
         except ApiError as exc:
+            known, unknown = loggable_fields(exc.details)
             if exc.status == 422:
-                telemetry.record_invalid([d.field for d in exc.details])
+                telemetry.record_invalid(known)
             log.info(
                 "request rejected",
                 extra={
                     "route": route,
                     "status": exc.status,
-                    "fields": [d.field for d in exc.details],
-                    "request_id": request.request_id,
+                    "fields": known,  # schema names only (misplaced ones included); never a caller-chosen name
+                    "unknown_fields": unknown,
+                    "request_id": safe_text(request.request_id),
                 },
             )
             response = Response(exc.status, exc.body(request.request_id), headers=exc.headers())
         except Exception as exc:  # the one place an unexpected failure becomes a clean 500
             log.error(
                 "request failed",
-                extra={"route": route, "error_type": type(exc).__name__, "request_id": request.request_id},
+                extra={"route": route, "error_type": type(exc).__name__, "request_id": safe_text(request.request_id)},
             )
             response = Response(500, {"error": "internal error", "details": [], "request_id": request.request_id})
         elapsed = time.perf_counter() - started

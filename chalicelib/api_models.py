@@ -4,17 +4,27 @@ OpenAPI document accept exactly the same values, and every error names the field
 from __future__ import annotations
 
 import json
+import re
+import sys
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
 from pydantic_core import PydanticCustomError
 
-from .errors import Detail, MalformedJson, PayloadTooLarge, ValidationFailed
-from .schema import COLUMNS, ICD9_PATTERN, IDENTIFIERS, MEDICATIONS, MISSING, TARGET, Column, parse_value
+from .errors import Detail, MalformedJson, PayloadTooLarge, UnacceptableJson, ValidationFailed, safe_text
+from .schema import COLUMNS, ICD9_PATTERN, IDENTIFIERS, MEDICATIONS, MISSING, TARGET, Column, _is_missing, parse_value
 
 MAX_BATCH = 500
-MAX_BODY_BYTES = 64 * 1024  # one encounter is ~1.5 KB of JSON
+# One encounter is ~1.5 KB of JSON, so 64 KB is ~40× headroom; a full batch is ~750 KB, so 2 MB. Both far below
+# what reaches the function at all: API Gateway REST payloads ≤ 10 MB, Lambda synchronous payloads ≤ 6 MB
+# (https://docs.aws.amazon.com/apigateway/latest/developerguide/limits.html,
+# https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html).
+MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_BODY_BYTES = 2 * 1024 * 1024
+# Containers inside containers. The models need 3 (a batch body → its encounters list → an encounter), so 8 leaves
+# room for a misplaced object to get a 422 naming its field, while staying far from Python's recursion limit
+# (1000), where json's decoder, repr() (in error messages) and pydantic raise RecursionError.
+MAX_JSON_DEPTH = 8
 
 
 def _python_name(column: str) -> str:
@@ -24,10 +34,19 @@ def _python_name(column: str) -> str:
 _KNOWN_VALUES = 4096  # per column: enough for every ICD-9 code a hospital uses, bounded against junk input
 
 
+def _optional(col: Column) -> bool:
+    """May be left out, or sent as null (or the data set's '?'): the nullable columns, the identifiers (needed only
+    to record history) and the outcome (ignored)."""
+    return col.nullable or col.name in IDENTIFIERS or col.name == TARGET
+
+
 def _checker(col: Column) -> Any:
     known: dict[tuple[type, Any], Any] = {}  # accepted raw value → parsed value: a batch repeats the same values
+    optional = _optional(col)
 
     def check(value: Any) -> Any:
+        if optional and _is_missing(value):  # the identifiers and the outcome, which parse_value calls required
+            return None
         key = (type(value), value)
         try:
             return known[key]
@@ -46,6 +65,9 @@ def _checker(col: Column) -> Any:
 
 
 def _json_schema(col: Column) -> dict[str, Any]:
+    """The column's JSON Schema, exactly what the checker accepts: in an optional column also null, and the data
+    set's '?' and '' (a blank CSV cell, a form left empty), which schema._is_missing reads as missing. The first
+    branch carries the values proper (the clinician page builds its controls from it)."""
     schema: dict[str, Any]
     if col.kind == "category":
         schema = {"type": "string", "enum": [*col.allowed, *([MISSING] if col.nullable else [])]}
@@ -57,9 +79,11 @@ def _json_schema(col: Column) -> dict[str, Any]:
         schema = {"type": "string", "pattern": ICD9_PATTERN.pattern + ("|^\\?$" if col.nullable else "")}
     else:
         schema = {"type": "integer", "minimum": col.low, "maximum": col.high}
-    if col.nullable or col.kind == "id" or col.name == TARGET:
-        schema = {"anyOf": [schema, {"type": "null"}]}
-    return {**schema, "description": col.description}
+    if not _optional(col):
+        return {**schema, "description": col.description}
+    text = [v for v in (MISSING, "") if not (v == MISSING and col.nullable and col.kind in ("category", "icd9"))]
+    branches = [schema, {"type": "null"}, {"type": "string", "enum": text}]
+    return {"anyOf": branches, "description": col.description}  # the page shows descriptions as labels
 
 
 # Absent from a request means "not prescribed" / "not measured": what a discharge summary leaves out.
@@ -71,8 +95,7 @@ def _field(col: Column) -> tuple[Any, Any]:
     if col.name in API_DEFAULTS:
         schema["default"] = API_DEFAULTS[col.name]
     annotated = Annotated[Any, BeforeValidator(_checker(col)), WithJsonSchema(schema)]
-    optional = col.nullable or col.name in IDENTIFIERS or col.name == TARGET
-    default = API_DEFAULTS.get(col.name, None if optional else ...)
+    default = API_DEFAULTS.get(col.name, None if _optional(col) else ...)
     return annotated, Field(default=default, alias=col.name)
 
 
@@ -90,7 +113,7 @@ class _EncounterBase(BaseModel):
 Encounter = create_model(  # type: ignore[call-overload]
     "Encounter",
     __base__=_EncounterBase,
-    __doc__="One hospital encounter in the UCI format ('?', null or absent optional fields mean missing). "
+    __doc__="One hospital encounter in the UCI format (an optional field absent, null, '?' or '' means missing). "
     "`patient_nbr` (optional) lets the service use the patient's earlier encounters; `readmitted` is ignored.",
     **{_python_name(c.name): _field(c) for c in COLUMNS},
 )
@@ -147,30 +170,94 @@ class Health(BaseModel):
     detail: str | None = None
 
 
+_OBJECT_ERRORS = frozenset({"model_type", "model_attributes_type", "dict_type"})
+
+
 def _details(exc: ValidationError, prefix: str = "") -> list[Detail]:
     details = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"])
+        # A location may hold a key the caller chose (an unknown field): escaped and capped, as in a log line.
+        loc = ".".join(safe_text(p) if isinstance(p, str) else str(p) for p in err["loc"])
         field = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "body"
         if err["type"] == "missing":
             message = "is required"
         elif err["type"] == "extra_forbidden":
             message = "is not a UCI encounter field"
+        elif err["type"] in _OBJECT_ERRORS:
+            message = "must be a JSON object"
         else:
             message = err["msg"]
         details.append(Detail(field, message))
     return details
 
 
+def _not_a_number(name: str) -> Any:
+    """json.loads accepts NaN and ±Infinity, which RFC 8259 (section 6) does not: refuse them as malformed."""
+    raise MalformedJson(f"is not valid JSON: {name} is not a JSON number")
+
+
+_CONTAINERS = frozenset({dict, list})
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether containers nest deeper than ``limit``: level by level, not recursively (the point is to refuse what
+    recursion can't take), and a container holding none is passed over at C speed (isdisjoint over map(type)), so a
+    500-encounter batch costs ~1 ms."""
+    level = [value]
+    for _depth in range(limit):
+        deeper: list[Any] = []
+        for node in level:
+            children = node.values() if type(node) is dict else node
+            if not _CONTAINERS.isdisjoint(map(type, children)):
+                deeper += [c for c in children if type(c) is dict or type(c) is list]
+        if not deeper:
+            return False
+        level = deeper
+    return True
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # the only way a UTF-16 surrogate gets into parsed JSON
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode()
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(node, dict):
+            stack += [*node.keys(), *node.values()]
+        elif isinstance(node, list):
+            stack += node
+    return False
+
+
 def parse_json(body: bytes | None, limit: int) -> Any:
+    """The body as JSON, or a 4xx saying why not. Besides malformed or oversized bodies, refuses (400) JSON that
+    would break later steps: nesting past MAX_JSON_DEPTH, integers past Python's int-string limit, NaN/Infinity,
+    and escaped lone surrogates (not Unicode text: no UTF-8 encoder writes them back)."""
     if body is None or not body.strip():
         raise MalformedJson("the request body is empty; send a JSON object")
     if len(body) > limit:
         raise PayloadTooLarge("body", f"is {len(body):,} bytes; the limit is {limit:,}")
     try:
-        return json.loads(body)
+        data = json.loads(body, parse_constant=_not_a_number)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedJson(f"is not valid JSON: {exc}") from exc
+        raise MalformedJson(f"is not valid JSON: {safe_text(str(exc), 200)}") from None
+    except RecursionError:
+        raise UnacceptableJson(f"is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError:  # int(): "Exceeds the limit (4300 digits) for integer string conversion"
+        raise UnacceptableJson(f"holds a number of more than {sys.get_int_max_str_digits()} digits") from None
+    # Containers can nest no deeper than there are brackets: most bodies need no walk at all.
+    brackets = body.count(b"{") + body.count(b"[") if type(data) in (dict, list) else 0
+    if brackets > MAX_JSON_DEPTH and _too_deep(data, MAX_JSON_DEPTH):
+        raise UnacceptableJson(f"is nested deeper than {MAX_JSON_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(data):
+        raise UnacceptableJson("holds a string with a lone UTF-16 surrogate escape, which is not Unicode text")
+    return data
 
 
 def parse_encounter_body(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -22,10 +22,10 @@ import numpy as np
 
 from .audit import AuditRecord
 from .bundle import TIERS, ModelBundle
+from .explain import factor_lists
 from .features import PatientHistory, encode
 from .identifiers import hash_id
 from .schema import columns_from_records, is_excluded
-from .service import factor_lists
 
 OUTPUT_COLUMNS = ("encounter_id", "risk", "risk_tier", "top_factors", "model_version", "status", "reason", "line")
 STATUSES = ("scored", "excluded", "invalid")

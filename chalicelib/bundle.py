@@ -28,6 +28,8 @@ FORMAT = "readmit-bundle/1"
 MANIFEST = "manifest.json"
 BOOSTER = "model.ubj"
 META = "model.json"
+PROBES = "probes.json"  # a fixed probe set and the model's outputs on it: what model_check compares against
+PROBE_ROWS = 24
 TIERS = ("low", "medium", "high")
 # Below this many rows one thread is fastest (a thread pool costs more than the trees); above it, a batch
 # uses every core the function has (Lambda gives 2 vCPUs from 3,009 MB).
@@ -50,6 +52,55 @@ class IncompatibleBundle(BundleError):
 def dmatrix(X: np.ndarray, y: np.ndarray | None = None) -> xgb.DMatrix:
     """The booster is trained with feature names, so SHAP output and `xgboost` tools name them."""
     return xgb.DMatrix(X, label=y, missing=np.nan, feature_names=list(FEATURE_NAMES))
+
+
+def probe_rows(X: np.ndarray, n: int = PROBE_ROWS, seed: int = 0) -> np.ndarray:
+    """``n`` feature vectors for validating a bundle, none of them a patient's: each column holds that column's
+    quantiles of ``X`` (0 to 100%) in a fixed shuffled order, so the rows cover each feature's range and mix
+    values across features without copying any encounter. The last row is all missing (NaN)."""
+    X = np.asarray(X, dtype=np.float32)
+    levels = np.linspace(0.0, 1.0, n - 1)
+    rng = np.random.default_rng(seed)
+    probes = np.full((n, X.shape[1]), np.nan, dtype=np.float32)
+    for j in range(X.shape[1]):
+        column = X[:, j][~np.isnan(X[:, j])]
+        if len(column):
+            probes[: n - 1, j] = np.quantile(column, rng.permutation(levels), method="nearest")
+    return probes
+
+
+def synthetic_probes(n: int = PROBE_ROWS) -> np.ndarray:
+    """Probes for a bundle that recorded none (made before probes existed): zeros, small counts and a missing
+    row. Without recorded outputs they can only show that the model loads and scores to finite probabilities."""
+    rows = np.tile(np.arange(n, dtype=np.float32)[:, None] % 4, (1, len(FEATURE_NAMES)))
+    rows[-1] = np.nan
+    return rows
+
+
+def probe_document(booster_bytes: bytes, calibrator: Calibrator, probes: np.ndarray) -> dict[str, Any]:
+    """The probe set and the outputs the written model gives on it, scored exactly as serving scores (the booster
+    reloaded from the bytes written, one thread, the same C call), so a faithful copy reproduces them exactly."""
+    booster = xgb.Booster()
+    booster.load_model(bytearray(booster_bytes))
+    booster.set_param({"nthread": 1})
+    raw = xgboost_calls.probabilities(booster, probes)
+    return {
+        "features": [[None if np.isnan(v) else float(v) for v in row] for row in probes.tolist()],
+        "raw": [float(v) for v in raw],
+        "risk": [float(v) for v in calibrator(raw)],
+    }
+
+
+def read_probes(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(features, raw, risk) recorded in a bundle, or None when it has none."""
+    file = path / PROBES
+    if not file.is_file():
+        return None
+    doc = json.loads(file.read_text())
+    X = np.array([[np.nan if v is None else v for v in row] for row in doc["features"]], dtype=np.float32)
+    if X.ndim != 2 or X.shape[1] != len(FEATURE_NAMES) or len(doc["raw"]) != len(X) or len(doc["risk"]) != len(X):
+        raise CorruptBundle(f"{PROBES} does not match the feature set")
+    return X, np.asarray(doc["raw"], dtype=np.float64), np.asarray(doc["risk"], dtype=np.float64)
 
 
 def sha256_file(path: Path) -> str:
@@ -154,11 +205,13 @@ def write_bundle(
     calibrator: Calibrator,
     meta: dict[str, Any],
     extra: Callable[[dict[str, Any]], dict[str, bytes]] | None = None,
+    probes: np.ndarray | None = None,
 ) -> Path:
     """Write a complete bundle to ``dest_root/<version>`` (temp dir + rename: all or nothing).
 
     ``extra`` renders further files (model card, plots) from the final metadata, which is when the
-    version, the booster's hash, becomes known."""
+    version, the booster's hash, becomes known. ``probes`` (feature rows, see ``probe_rows``) are stored with
+    the model's outputs on them in ``probes.json``, covered by the manifest, for ``model_check``."""
     model_bytes = bytes(booster.save_raw(raw_format="ubj"))
     created = datetime.now(UTC)
     version = f"{created:%Y%m%dT%H%M%SZ}-{hashlib.sha256(model_bytes).hexdigest()[:8]}"
@@ -175,6 +228,8 @@ def write_bundle(
         META: json.dumps(meta, indent=2).encode(),
         **(extra(meta) if extra else {}),
     }
+    if probes is not None:
+        files[PROBES] = json.dumps(probe_document(model_bytes, calibrator, probes)).encode()
     dest_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest_root))
     for name, data in files.items():

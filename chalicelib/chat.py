@@ -18,14 +18,17 @@ from typing import Any, Literal
 
 from . import settings, telemetry
 from .aws_clients import LazyClient
-from .features import FEATURE_BY_NAME, FEATURES
+from .explain import CONCEPT_BY_ID, CONCEPTS
+from .features import FEATURE_BY_NAME
 
 FallbackReason = Literal["not_configured", "throttled", "timeout", "error", "ungrounded"]
 READ_TIMEOUT_S = 12.0  # API Gateway gives the whole request 29 s
 MAX_TOKENS = 400
 _THROTTLED = {"ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException"}
 _TIMED_OUT = {"ModelTimeoutException", "RequestTimeout", "RequestTimeoutException"}
-_QUALIFIER = re.compile(r"\s*\((days|prior year)\)$", re.IGNORECASE)  # "Length of stay (days)" → "Length of stay"
+_QUALIFIER = re.compile(
+    r"\s*\((days|prior year)\)$", re.IGNORECASE
+)  # "Inpatient stays (prior year)" → "Inpatient stays"
 _LONG_NUMBER = re.compile(r"\d{6,}")  # UCI identifiers are 6-9 digits; clinical values in a question are short
 
 
@@ -95,7 +98,7 @@ def template_answer(facts: Facts) -> str:
     """The deterministic answer: the same facts, stated plainly."""
     parts = [f"Estimated risk of readmission within 30 days: {facts.risk:.1%} ({facts.tier} risk tier)."]
     if facts.factors:
-        named = "; ".join(f"{f['label']} = {f['value']} ({f['direction']})" for f in facts.factors)
+        named = "; ".join(f"{f['label']}: {f['value']} ({f['direction']})" for f in facts.factors)
         parts.append(f"The factors the model weighed most for this patient: {named}.")
     else:
         parts.append("The model reported no individual factors for this patient.")
@@ -119,22 +122,26 @@ def _pattern(form: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![a-z0-9_]){re.escape(form)}(?![a-z0-9_])")
 
 
-_FORMS = {f.label: _forms(f.label, f.name) for f in FEATURES}
+# A factor is a concept (explain.CONCEPTS): it may be named by its own label or id, or by any of its model features'
+# labels or names ("HbA1c > 8%" names the HbA1c concept).
+_FORMS = {
+    c.label: _forms(c.label, c.id).union(*(_forms(FEATURE_BY_NAME[n].label, n) for n in c.features)) for c in CONCEPTS
+}
 _PATTERNS = {form: _pattern(form) for forms in _FORMS.values() for form in forms}
 
 
 def _reported_forms(factor: Mapping[str, Any]) -> set[str]:
-    """What naming a reported factor may look like: its label (with or without the qualifier), its feature
-    name, its value as shown, and the input columns it comes from (its value often names them)."""
+    """What naming a reported factor may look like: its concept's forms, its label and value as shown, and the
+    input fields it comes from (its value often names them)."""
     label, name = str(factor.get("label", "")), str(factor.get("feature", ""))
     forms = _forms(label, name) | {str(factor.get("value", "")).lower()}
-    if feature := FEATURE_BY_NAME.get(name):
-        forms |= {s.lower() for s in feature.sources}
+    if concept := CONCEPT_BY_ID.get(name):
+        forms |= _FORMS[concept.label] | {s.lower() for s in concept.fields}
     return {f for f in forms if f}
 
 
 def ungrounded(answer: str, factors: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Labels of model features the answer names although the model did not report them for this patient."""
+    """Labels of concepts the answer names although the model did not report them for this patient."""
     reported = {f.get("label") for f in factors}
     text = answer.lower()
     for form in sorted({x for f in factors for x in _reported_forms(f)}, key=len, reverse=True):

@@ -85,10 +85,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .batch import predict_file
+    from .bundle import BundleError
     from .dataset import locate
     from .loader import load_model
+    from .model_check import InvalidModel
 
-    model = load_model(args.model or settings.registry_uri())
+    try:  # validated in a separate process first: a broken model file is an error message, not a segfault
+        model = load_model(args.model or settings.registry_uri())
+    except (InvalidModel, BundleError) as exc:
+        _err(f"readmit predict: {exc}")
+        return 2
     started = time.perf_counter()
     counts = predict_file(model, locate(args.data), Path(args.out))
     _err(f"scored {counts} in {time.perf_counter() - started:.2f}s with model {model.version} → {args.out}")
@@ -124,6 +130,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
+    from .model_check import InvalidModel
     from .registry import Registry
 
     registry = Registry.open(settings.registry_uri(args.registry))
@@ -136,7 +143,11 @@ def cmd_registry(args: argparse.Namespace) -> int:
         if not args.version:
             _err("promote needs a VERSION")
             return 2
-        registry.promote(args.version, args.reason or "manual promotion")
+        try:  # the stored model is loaded and scored in a separate process first
+            registry.promote(args.version, args.reason or "manual promotion")
+        except InvalidModel as exc:
+            _err(f"readmit registry promote: {exc}; the champion is unchanged")
+            return 2
         print(json.dumps({"champion": registry.champion()}))
     return 0
 
@@ -195,9 +206,11 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from .batch import score_table
     from .bundle import ModelBundle
     from .loader import bundle_path
+    from .model_check import require_valid
     from .tabular import read_table
 
     folder = bundle_path(args.reference or settings.registry_uri())
+    require_valid(folder)  # loaded in a separate process first: a broken file must not crash this one
     model = ModelBundle.load(folder)
     profile, sample = drift.load_reference(folder)
     current = Path(args.current)
@@ -340,20 +353,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from chalice.cli.factory import CLIFactory
 
     factory = CLIFactory(project_dir=str(project_dir()), environ=os.environ)
-    # Loading the app applies .chalice/config.json's variables to os.environ; explicit flags win over them.
     config = factory.create_config_obj(chalice_stage_name=args.stage)
+    # As `chalice local` does: app.py importable from any cwd, and .chalice/config.json's variables for the stage
+    # in os.environ (the workers inherit them); explicit flags below win over them.
+    factory.load_chalice_app(config.environment_variables)
     if args.model:
         os.environ[settings.ENV_MODEL] = args.model
     if args.registry:
         os.environ[settings.ENV_REGISTRY] = args.registry
     if args.check_interval is not None:
         os.environ["READMIT_CHECK_INTERVAL"] = str(args.check_interval)
-    from app import local_server  # app.py, which create_config_obj imported from the project folder
+    if args.dev:
+        from app import local_server  # app.py, which load_chalice_app imported from the project folder
 
-    server = local_server(config, args.host, args.port)  # like template.yaml's catch-all: unknown paths get 404
-    _err(f"readmit API on http://{args.host}:{args.port} (stage {args.stage}); Ctrl-C stops it")
-    with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
+        server = local_server(config, args.host, args.port)  # like template.yaml's catch-all: unknown paths get 404
+        _err(f"readmit API (Chalice dev server) on http://{args.host}:{args.port} (stage {args.stage}); Ctrl-C stops")
+        with contextlib.suppress(KeyboardInterrupt):
+            server.serve_forever()
+        return 0
+    from .wsgi import ServerConfig, serve
+
+    workers = {"workers": args.workers} if args.workers is not None else {}
+    server_config = ServerConfig(host=args.host, port=args.port, **workers)
+    _err(
+        f"readmit API on http://{args.host}:{args.port} (stage {args.stage}, gunicorn, {server_config.workers} workers"
+        " each loading the champion); Ctrl-C stops it"
+    )
+    serve(server_config, args.stage)
     return 0
 
 
@@ -519,13 +545,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queue", help="on AWS: ask the embedder Lambda (its ingest queue URL) to index --data s3://…")
     s.set_defaults(func=cmd_index)
 
-    s = sub.add_parser("serve", help="run the API locally (Chalice's local server)")
+    s = sub.add_parser("serve", help="serve the API over HTTP (gunicorn; --dev: Chalice's local server)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--model", help="bundle folder or URI to serve instead of the registry's champion")
     s.add_argument("--registry", help="registry URI (default: $READMIT_REGISTRY or the local registry)")
     s.add_argument("--check-interval", type=float, help="seconds between champion checks (default 300)")
     s.add_argument("--stage", default="local")
+    s.add_argument("--workers", type=int, help="processes, each with its own model (default $WEB_CONCURRENCY or 2)")
+    s.add_argument("--dev", action="store_true", help="Chalice's single-process development server instead")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("registry", help="list versions, show history, promote")

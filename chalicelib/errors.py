@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
+
+TEXT_CAP = 64  # characters of a caller-chosen string that may reach a log line or an error's field name
+
+
+def safe_text(text: str, cap: int = TEXT_CAP) -> str:
+    """``text`` fit for a log line or an error body: control, format and surrogate characters (Unicode category
+    C*: newlines, ANSI escapes, bidi overrides, lone surrogates that no UTF-8 encoder accepts) as ``\\uXXXX``, and
+    at most ``cap`` characters, with how many were cut. A caller chooses these strings: unescaped they forge log
+    lines, uncapped a 60 KB key makes a 60 KB line."""
+    head = text[:cap]
+    out = "".join(f"\\u{ord(c):04x}" if unicodedata.category(c)[0] == "C" else c for c in head)
+    return out if len(text) <= cap else f"{out}…(+{len(text) - cap} chars)"
 
 
 @dataclass
@@ -35,6 +48,14 @@ class MalformedJson(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__("malformed JSON", [Detail("body", message)], 400)
+
+
+class UnacceptableJson(ApiError):
+    """Valid JSON the service will not process: nested too deep, a number too long to convert, or a string that
+    is not Unicode text. A 400, like malformed JSON: the body as a whole is refused, not a field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unacceptable JSON", [Detail("body", message)], 400)
 
 
 class UnsupportedMediaType(ApiError):

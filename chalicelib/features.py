@@ -26,7 +26,7 @@ Columns = Mapping[str, np.ndarray]
 @dataclass(frozen=True, slots=True)
 class Feature:
     name: str
-    label: str  # how a clinician reads it in the top factors
+    label: str  # what the feature means when it is 1 (or its value); factors are named by concept (explain.py)
     sources: tuple[str, ...]
     meaning: str
 
@@ -515,17 +515,6 @@ def encode(cols: Columns, history: np.ndarray | None = None) -> np.ndarray:
     if history is not None:
         out[:, _IDX["hist_encounters"] :] = history
     return out
-
-
-def display_value(feature: Feature, record: Mapping[str, Any], history: PatientHistory | None = None) -> str:
-    """The input value(s) behind a feature, as a clinician would read them in a factor list."""
-    if feature.sources == (HISTORY,):
-        return str(getattr(history or PatientHistory(), feature.name.removeprefix("hist_")))
-    shown = [s for s in feature.sources if record.get(s) not in (None, "No")] or list(feature.sources[:1])
-    if len(shown) == 1:
-        value = record.get(shown[0])
-        return "?" if value is None else str(value)
-    return ", ".join(f"{s}={'?' if record.get(s) is None else record.get(s)}" for s in shown[:4])
 
 
 def feature_spec_markdown() -> str:

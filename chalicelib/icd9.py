@@ -114,3 +114,95 @@ def numeric(code: str) -> float:
 def is_uncontrolled_diabetes(code: str | None) -> bool:
     """250.x2 / 250.x3: diabetes stated as uncontrolled."""
     return code is not None and code.startswith("250.") and len(code) == 6 and code[-1] in "23"
+
+
+# ---- names a clinician reads (explanations) ----------------------------------------------------------------
+# ICD-9-CM chapters: (first code, last code, short name). V and E codes are the two supplementary classifications.
+CHAPTERS: tuple[tuple[int, int, str], ...] = (
+    (1, 139, "infectious and parasitic diseases"),
+    (140, 239, "neoplasms"),
+    (240, 279, "endocrine, nutritional and metabolic diseases"),
+    (280, 289, "diseases of the blood"),
+    (290, 319, "mental disorders"),
+    (320, 389, "diseases of the nervous system and sense organs"),
+    (390, 459, "diseases of the circulatory system"),
+    (460, 519, "diseases of the respiratory system"),
+    (520, 579, "diseases of the digestive system"),
+    (580, 629, "diseases of the genitourinary system"),
+    (630, 679, "complications of pregnancy and childbirth"),
+    (680, 709, "diseases of the skin"),
+    (710, 739, "diseases of the musculoskeletal system"),
+    (740, 759, "congenital anomalies"),
+    (760, 779, "perinatal conditions"),
+    (780, 799, "symptoms and ill-defined conditions"),
+    (800, 999, "injury and poisoning"),
+)
+V_CHAPTER = "supplementary V code: factors influencing health status"
+E_CHAPTER = "supplementary E code: external causes of injury"
+CHARLSON_NAMES = {
+    "myocardial_infarction": "myocardial infarction",
+    "heart_failure": "heart failure",
+    "peripheral_vascular": "peripheral vascular disease",
+    "cerebrovascular": "cerebrovascular disease",
+    "dementia": "dementia",
+    "chronic_pulmonary": "chronic pulmonary disease",
+    "rheumatic": "rheumatic disease",
+    "peptic_ulcer": "peptic ulcer disease",
+    "mild_liver": "mild liver disease",
+    "diabetes": "diabetes",
+    "diabetes_complicated": "diabetes with complications",
+    "hemiplegia": "hemiplegia or paraplegia",
+    "renal": "renal disease",
+    "malignancy": "malignancy",
+    "severe_liver": "moderate or severe liver disease",
+    "metastatic": "metastatic solid tumour",
+    "hiv_aids": "HIV/AIDS",
+}
+# 250.xy: the fourth digit is the complication, the fifth the type and control (ICD-9-CM category 250).
+_DIABETES_COMPLICATION = (
+    "without complication",
+    "with ketoacidosis",
+    "with hyperosmolarity",
+    "with other coma",
+    "with renal manifestations",
+    "with ophthalmic manifestations",
+    "with neurological manifestations",
+    "with peripheral circulatory disorders",
+    "with other specified manifestations",
+    "with unspecified complication",
+)
+_DIABETES_TYPE = ("type 2 or unspecified", "type 1", "type 2 or unspecified, uncontrolled", "type 1, uncontrolled")
+
+
+def chapter(code: str) -> str:
+    """The ICD-9-CM chapter of one code (as the data set writes it: leading zeros dropped)."""
+    if code[0] == "V":
+        return V_CHAPTER
+    if code[0] == "E":
+        return E_CHAPTER
+    whole = int(float(code))
+    return next((name for lo, hi, name in CHAPTERS if lo <= whole <= hi), "no ICD-9-CM chapter")
+
+
+def charlson_conditions(mask: int) -> tuple[str, ...]:
+    """Names of the Charlson conditions in a mask that count towards the index (milder forms superseded)."""
+    found = [name for i, name in enumerate(_NAMES) if mask >> i & 1]
+    dropped = {mild for severe, mild in _SUPERSEDES.items() if severe in found}
+    return tuple(CHARLSON_NAMES[name] for name in found if name not in dropped)
+
+
+@lru_cache(maxsize=4096)
+def describe(code: str) -> str:
+    """'428 heart failure (diseases of the circulatory system)': the code, what it names where this module knows
+    (a diabetes code's complication and type, a Charlson condition), and its chapter."""
+    specific = ""
+    if code.startswith("250"):
+        digits = code[4:] if len(code) > 4 else ""
+        specific = "diabetes mellitus"
+        if digits:
+            specific += f" {_DIABETES_COMPLICATION[int(digits[0])]}"
+        if len(digits) == 2 and int(digits[1]) < 4:
+            specific += f", {_DIABETES_TYPE[int(digits[1])]}"
+    elif names := charlson_conditions(charlson_mask(code)):
+        specific = ", ".join(names)
+    return f"{code} {specific} ({chapter(code)})" if specific else f"{code} ({chapter(code)})"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import MANIFEST, ModelBundle
+from .model_check import require_valid
 from .registry import Registry
 from .settings import home
 
@@ -32,5 +33,10 @@ def bundle_path(uri: str | Path, *, alias: str = "champion", cache: Path | None 
     return registry.download(version, cache or home() / "cache" / "models")
 
 
-def load_model(uri: str | Path, **kwargs: Any) -> ModelBundle:
-    return ModelBundle.load(bundle_path(uri, **kwargs))
+def load_model(uri: str | Path, *, validate: bool = True, **kwargs: Any) -> ModelBundle:
+    """The bundle ``uri`` names, loaded here only after a separate process has loaded and scored it
+    (``model_check``): a broken model raises ``InvalidModel`` instead of killing this process."""
+    folder = bundle_path(uri, **kwargs)
+    if validate:
+        require_valid(folder)
+    return ModelBundle.load(folder)

@@ -114,11 +114,11 @@ def render(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
         "## Plots",
         "",
         "![ROC](plots/roc.png) ![Precision-recall](plots/pr.png)",
-        "![Calibration](plots/calibration.png) ![Feature importance (mean |SHAP|)](plots/importance.png)",
+        "![Calibration](plots/calibration.png) ![Factor importance (mean |SHAP| per concept)](plots/importance.png)",
         "",
-        "## Top features (mean |SHAP|, log-odds)",
+        "## Top factors (mean |SHAP| of each concept's features summed, log-odds)",
         "",
-        "| feature | mean abs SHAP |",
+        "| factor | mean abs SHAP |",
         "|---|---|",
         *(f"| {name} | {value:.4f} |" for name, value in list(metrics["importance"].items())[:15]),
         "",
@@ -179,13 +179,18 @@ def plots(curves: dict[str, dict[str, Any]], reliability: list[dict[str, float]]
     top = list(importance.items())[:15][::-1]
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.barh([k for k, _ in top], [v for _, v in top])
-    ax.set(xlabel="mean |SHAP| (log-odds)", title="Feature importance")
+    ax.set(xlabel="mean |SHAP| per concept (log-odds)", title="Factor importance")
     ax.tick_params(axis="y", labelsize=8)
     save(fig, "importance.png")
     return out
 
 
 def shap_importance(contribs: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
-    mean_abs = np.abs(contribs[:, : len(names)]).mean(axis=0)
-    order = np.argsort(mean_abs)[::-1]
-    return {names[i]: round(float(mean_abs[i]), 5) for i in order}
+    """Mean |SHAP| per clinical concept (each concept's features summed per row first), keyed by the concept's
+    label: the same grouping the API's factors use, so the card and a patient's factors name the same things."""
+    from .explain import importance
+    from .features import FEATURE_NAMES
+
+    if tuple(names) != FEATURE_NAMES:
+        raise ValueError("SHAP columns must be the model's features, in FEATURE_NAMES order, to group them")
+    return importance(contribs)

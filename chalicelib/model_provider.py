@@ -4,6 +4,11 @@ Checks are cheap (the alias object's ETag, never a download) and happen at most 
 ``check_interval`` seconds, on the request path (Lambda has no background threads) but never blocking
 a request: one thread checks while the others keep scoring with the current model. A new champion that
 is missing, corrupt or incompatible is not swapped in; the last good model keeps serving.
+
+Every model is validated in a separate process (``model_check``: load, score the recorded probes, compare)
+before this process loads it, at the first load as at a swap: a model file that would segfault XGBoost's
+loader fails its check instead of killing the server. Verdicts are cached per bundle content, so a refused
+champion costs one child process, not one per check.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from .bundle import MANIFEST, BundleError, ModelBundle
 from .loader import NoChampion, bundle_path
+from .model_check import InvalidModel, require_valid
 from .registry import Registry, RegistryError
 from .storage import StorageError
 from .telemetry import logger
@@ -87,9 +93,7 @@ class ModelProvider:
         try:
             if self.model_uri:
                 if self._model is None:
-                    self._swap(
-                        ModelBundle.load(bundle_path(self.model_uri, cache=self.cache_dir, s3_client=self.s3_client))
-                    )
+                    self._swap(self._load(bundle_path(self.model_uri, cache=self.cache_dir, s3_client=self.s3_client)))
                 return
             registry = Registry.open(self.registry_uri or "", s3_client=self.s3_client)
             etag = registry.alias_etag(self.alias)
@@ -102,15 +106,26 @@ class ModelProvider:
                 folder = registry.download(version, self.cache_dir or _default_cache())
                 if not (folder / MANIFEST).is_file():
                     raise BundleError(f"version {version} has no manifest")
-                self._swap(ModelBundle.load(folder))
+                self._swap(self._load(folder))
             self._etag = etag
         except (BundleError, RegistryError, StorageError, NoChampion, OSError, ValueError) as exc:
             self.status.failures += 1
             self.status.last_error = f"{type(exc).__name__}: {exc}"
             log.warning(
                 "model refresh failed; keeping the current model",
-                extra={"error_type": type(exc).__name__, "model_version": self.status.version},
+                extra={
+                    "error_type": type(exc).__name__,
+                    "model_version": self.status.version,
+                    # the reason names a version, a file and a signal or a number: never a patient's data
+                    "reason": str(exc)[:300] if isinstance(exc, InvalidModel) else None,
+                },
             )
+
+    @staticmethod
+    def _load(folder: Path) -> ModelBundle:
+        """Load only what a separate process has loaded and scored (raises InvalidModel otherwise)."""
+        require_valid(folder)
+        return ModelBundle.load(folder)
 
     def _swap(self, model: ModelBundle) -> None:
         previous = self._model.version if self._model else None

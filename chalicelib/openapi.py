@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from pydantic import BaseModel
@@ -9,6 +10,9 @@ from pydantic.json_schema import models_json_schema
 
 from .api_models import (
     MAX_BATCH,
+    MAX_BATCH_BODY_BYTES,
+    MAX_BODY_BYTES,
+    MAX_JSON_DEPTH,
     BatchRequest,
     BatchResponse,
     Encounter,
@@ -75,8 +79,17 @@ EXAMPLE: dict[str, Any] = {
 }
 
 ERRORS = {
-    "400": _json(ErrorResponse, "Malformed JSON or bad query parameter"),
-    "413": _json(ErrorResponse, "Body or batch too large"),
+    "400": _json(
+        ErrorResponse,
+        "Malformed JSON (NaN and Infinity included), JSON the service does not accept (nested deeper than "
+        f"{MAX_JSON_DEPTH} levels, an integer of more than {sys.get_int_max_str_digits()} digits, a lone UTF-16 "
+        "surrogate escape), or a bad query parameter",
+    ),
+    "413": _json(
+        ErrorResponse,
+        f"Body larger than {MAX_BODY_BYTES:,} bytes ({MAX_BATCH_BODY_BYTES:,} for a batch), or a batch of more than "
+        f"{MAX_BATCH} encounters",
+    ),
     "415": _json(ErrorResponse, "Content-Type is not application/json"),
     "422": _json(ErrorResponse, "A field is wrong: each detail names the field and why"),
     "503": _json(ErrorResponse, "No model loaded yet"),
@@ -93,7 +106,9 @@ RECORD = {
     "in": "query",
     "required": False,
     "schema": {"type": "boolean", "default": False},
-    "description": "true stores the encounter in the patient's history (needs patient_nbr and encounter_id)",
+    # OpenAPI cannot make a body field required by a query parameter: said here, and answered 422 naming the field.
+    "description": "true also stores the encounter in the patient's history, so patient_nbr and encounter_id are "
+    "then required (a 422 names each one missing), although the Encounter schema lets them be null",
 }
 
 

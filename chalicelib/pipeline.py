@@ -99,8 +99,8 @@ def evaluate(event: dict[str, Any], s3_client: Any = None) -> dict[str, Any]:
         bundle_dir = work / "bundle"
         with tarfile.open(archive) as tar:
             tar.extractall(bundle_dir, filter="data")
-        challenger = ModelBundle.load(bundle_dir)  # refuses a corrupt or incompatible artifact
-        version = registry.register(bundle_dir)
+        version = registry.register(bundle_dir)  # loads and scores it in a separate process first (model_check)
+        challenger = ModelBundle.load(bundle_dir)
         data = _fetch(run.data_uri, work / Path(run.data_uri).name, s3_client)
         decision = evaluate_challenger(
             registry, challenger, evaluation_set(data, run.eval_frac, run.seed), gate_config(run.gate)
@@ -114,6 +114,8 @@ def _decision(event: dict[str, Any]) -> Decision:
 
 
 def promote(event: dict[str, Any], s3_client: Any = None) -> dict[str, Any]:
+    """Promote the gate's winner once a separate process has loaded and scored its stored model (model_check):
+    a model that would crash the API is refused (InvalidModel, the rejection recorded) and the champion stays."""
     registry = Registry.open(event["registry_uri"], s3_client=s3_client)
     decision = _decision(event)
     if not decision.promote:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .model_check import InvalidModel
 from .registry import Registry
 
 TRIGGERS = ("schedule", "drift", "manual")
@@ -34,7 +35,11 @@ def apply_decision(registry: Registry, version: str, decision: Decision, *, trig
         extra["churn"] = decision.churn
     summary = "; ".join(r for r in decision.reasons if "not gating" not in r)
     if decision.promote:
-        registry.promote(version, f"passed the gate ({trigger}): {summary}", extra)
+        try:  # Registry.open's registry validates the stored model in a separate process first
+            registry.promote(version, f"passed the gate ({trigger}): {summary}", extra)
+        except InvalidModel as exc:  # the champion is unchanged; the history says why the winner was not promoted
+            registry.reject(version, f"passed the gate ({trigger}) but {exc}", extra)
+            raise
         return version
     registry.reject(version, f"failed the gate ({trigger}): {summary}", extra)
     return champion or ""

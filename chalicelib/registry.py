@@ -14,6 +14,7 @@ import json
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -93,15 +94,26 @@ def _verify(files: dict[str, str], read: Any) -> dict[str, bytes]:
 
 
 class Registry:
-    """Immutable model versions, movable aliases and an append-only audit trail."""
+    """Immutable model versions, movable aliases and an append-only audit trail.
 
-    def __init__(self, storage: Storage) -> None:
+    ``validator`` (``model_check.require_valid`` when opened with ``Registry.open``) checks a bundle's model in a
+    separate process before it is registered and before it becomes the champion: a model that would crash or
+    mis-score the serving process is refused, whatever its hashes say. ``Registry(storage)`` alone checks only
+    hashes (the registry's own contract, and tests that need to plant a broken champion)."""
+
+    def __init__(self, storage: Storage, validator: Callable[[Path], object] | None = None) -> None:
         self.storage = storage
+        self.validator = validator
 
     @classmethod
-    def open(cls, uri: str | Path, s3_client: Any = None) -> Registry:
-        """Registry at a local path or s3://bucket/prefix."""
-        return cls(open_storage(uri, s3_client))
+    def open(cls, uri: str | Path, s3_client: Any = None, *, validate: bool = True) -> Registry:
+        """Registry at a local path or s3://bucket/prefix, validating models on register and promote."""
+        validator = None
+        if validate:
+            from chalicelib.model_check import require_valid  # stdlib on this side; the check runs in a child
+
+            validator = require_valid
+        return cls(open_storage(uri, s3_client), validator)
 
     # -- versions ------------------------------------------------------------------------------
 
@@ -124,6 +136,8 @@ class Registry:
         blobs = _verify(files, lambda rel: (bundle_dir / rel).read_bytes())
         if self.storage.exists(f"models/{version}/{MANIFEST}"):
             raise VersionExistsError(version)
+        if self.validator is not None:  # before anything is written: a refused model leaves no trace
+            self.validator(bundle_dir)
         if manifest.get("version") != version:  # the stored manifest names the version it lives under
             raw = json.dumps({**manifest, "version": version}, indent=2, sort_keys=True).encode()
         for rel, data in blobs.items():
@@ -201,7 +215,10 @@ class Registry:
         """Point an alias at a registered version and record the move (with the previous target)."""
         if not self.storage.exists(f"models/{_check_name(version, 'version')}/{MANIFEST}"):
             raise UnknownVersionError(version)
-        extra, previous, at = _check_extra(extra), self.get_alias(alias), _now()
+        extra = _check_extra(extra)
+        if alias == CHAMPION and self.validator is not None:
+            self._validate_stored(version, self.validator)
+        previous, at = self.get_alias(alias), _now()
         doc = {"alias": alias, "version": version, "updated_at": _iso(at), "reason": reason}
         self.storage.write_bytes(self._alias_key(alias), json.dumps(doc, indent=2).encode())
         fields = {"event": event, "alias": alias, "version": version, "previous": previous, "reason": reason}
@@ -218,6 +235,11 @@ class Registry:
     def champion(self) -> str | None:
         """Current champion version, or None before the first promotion."""
         return self.get_alias(CHAMPION)
+
+    def _validate_stored(self, version: str, validator: Callable[[Path], object]) -> None:
+        """Validate the stored copy (what serving will download), fetched and hash-checked into a temp folder."""
+        with tempfile.TemporaryDirectory(prefix="readmit-promote-") as tmp:
+            validator(self.download(version, Path(tmp)))
 
     @staticmethod
     def _alias_key(alias: str) -> str:

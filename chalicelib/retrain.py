@@ -16,6 +16,7 @@ from typing import Any
 
 from .bundle import ModelBundle
 from .gate import GateConfig, decide
+from .model_check import require_valid
 from .promotion import TRIGGERS, Decision, apply_decision
 from .registry import Registry
 from .tabular import read_table
@@ -46,7 +47,9 @@ def evaluate_challenger(
     champion_risk = champion_threshold = None
     if champion_version and champion_version != challenger.version:
         with tempfile.TemporaryDirectory() as tmp:
-            champion = ModelBundle.load(registry.download(champion_version, Path(tmp)))
+            folder = registry.download(champion_version, Path(tmp))
+            require_valid(folder)  # a champion file broken since its promotion must not crash the gate
+            champion = ModelBundle.load(folder)
             champion_risk, champion_threshold = champion.risk(evalset.X), champion.threshold
     return decide(
         evalset.y, challenger.risk(evalset.X), challenger.threshold, evalset.groups,

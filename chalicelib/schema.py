@@ -196,9 +196,16 @@ ADMISSION_SOURCES = {
 # Discharged to hospice or expired: no readmission is possible or meaningful (Strack et al. 2014).
 EXCLUDED_DISPOSITIONS = frozenset({11, 13, 14, 19, 20, 21})
 
-ICD9_PATTERN = re.compile(r"^(\d{1,3}(\.\d{1,2})?|V\d{2}(\.\d{1,2})?|E\d{3}(\.\d{1,2})?)$")
+# [0-9], not \d: ASCII digits in every regex dialect (Python's \d also matches '٤٢٨'; the OpenAPI document, which
+# carries this pattern, is read with ECMA-262's or whichever a client has).
+# Numeric codes run 001-999 (written without leading zeros in the data set): an all-zero one (0, 000.5) is none.
+ICD9_PATTERN = re.compile(
+    r"^((?!0+(\.|$))[0-9]{1,3}(\.[0-9]{1,2})?|V[0-9]{2}(\.[0-9]{1,2})?|E[0-9]{3}(\.[0-9]{1,2})?)$"
+)
 MISSING = "?"
 _INT = re.compile(r"-?[0-9]+")  # ASCII digits only: '²' or '٣' are not numbers here
+_MAX_INT_TEXT = 30  # digits (and sign) of the longest integer text converted; every column's range fits in 13
+_TOO_BIG = 10**_MAX_INT_TEXT  # stands for any longer one: outside every range, so it is reported as such
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,8 +289,10 @@ def _parse_int(value: Any) -> int | None:
         return value
     if isinstance(value, float):
         return int(value) if value.is_integer() else None
-    if isinstance(value, str) and _INT.fullmatch(value.strip()):
-        return int(value)
+    if isinstance(value, str) and _INT.fullmatch(text := value.strip()):
+        # Past Python's int-string limit (sys.get_int_max_str_digits) int() raises; such a number is out of every
+        # column's range anyway, so it is reported as that.
+        return int(text) if len(text) <= _MAX_INT_TEXT else (_TOO_BIG if text[0] != "-" else -_TOO_BIG)
     return None
 
 
@@ -307,12 +316,13 @@ def parse_value(col: Column, value: Any) -> tuple[Any, str | None]:
         number = _parse_int(value)
         if number is None:
             return None, f"must be an integer, got {value!r}"
+        shown = number if abs(number) < _TOO_BIG else f"a number of {len(str(value).strip().lstrip('-'))} digits"
         if col.kind == "code":
             assert col.codes is not None
             if number not in col.codes:
-                return None, f"unknown code {number}; allowed: {_allowed_text(col)}"
+                return None, f"unknown code {shown}; allowed: {_allowed_text(col)}"
         elif not col.low <= number <= col.high:
-            return None, f"must be between {col.low} and {col.high}, got {number}"
+            return None, f"must be between {col.low} and {col.high}, got {shown}"
         return number, None
     if not isinstance(value, str):
         return None, f"must be a string, got {type(value).__name__}"

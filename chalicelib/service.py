@@ -15,13 +15,13 @@ import numpy as np
 from .audit import AUDIT_TIME, AuditRecord, PredictionLog
 from .bundle import ModelBundle
 from .errors import Detail, NotReady, ValidationFailed
-from .features import FEATURE_NAMES, FEATURES, HISTORY_WIDTH, PatientHistory, display_value, encode
+from .explain import factor_lists
+from .features import HISTORY_WIDTH, PatientHistory, encode
 from .history_store import HistoryStore
 from .identifiers import current_salt, hash_id
 from .model_provider import ModelProvider
 from .schema import columns_from_records, is_excluded
 
-TOP_FACTORS = 5
 COHORT_MESSAGE = "patients discharged to hospice or expired (11, 13, 14, 19, 20, 21) are outside the model's cohort"
 
 
@@ -110,38 +110,6 @@ class Predictor:
                     key = hash_id(record["patient_nbr"], salt, kind="patient")
                     self.history.record(key, record["encounter_id"], record)
         return results
-
-
-def factor_lists(
-    contribs: np.ndarray,
-    records: Sequence[dict[str, Any]],
-    histories: Sequence[PatientHistory | None],
-    k: int = TOP_FACTORS,
-) -> list[list[dict[str, Any]]]:
-    """Each row's k largest SHAP contributions by magnitude, named in clinical terms with the input value.
-
-    Ranked for the whole batch in one sort (ties go to the earlier feature)."""
-    values = contribs[:, : len(FEATURE_NAMES)]
-    order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
-    chosen = values[np.arange(len(values))[:, None], order].tolist()
-    out = []
-    for row, record, history, picked in zip(order.tolist(), records, histories, chosen, strict=True):
-        factors = []
-        for j, c in zip(row, picked, strict=True):
-            if c == 0.0:
-                continue
-            f = FEATURES[j]
-            factors.append(
-                {
-                    "feature": f.name,
-                    "label": f.label,
-                    "value": display_value(f, record, history),
-                    "contribution": round(c, 5),
-                    "direction": "raises risk" if c > 0 else "lowers risk",
-                }
-            )
-        out.append(factors)
-    return out
 
 
 def _audit(

@@ -1,5 +1,6 @@
-"""Pydantic models of /similar-patients and /chat: the request envelopes, validated with the same encounter
-parser as /predict (errors name ``encounter.<field>``), and the response shapes for the OpenAPI document."""
+"""Pydantic models of /similar-patients and /chat: the request envelopes, whose ``encounter`` is /predict's
+Encounter model (errors name ``encounter.<field>``, and the OpenAPI document says what it must hold), and the
+response shapes for the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from .api_models import Factor, _details, parse_encounter_body
+from .api_models import Encounter, Factor, _details
 from .errors import ApiError, Detail, ValidationFailed
 from .service import cohort_error
 from .similar import DEFAULT_K, MAX_K
@@ -22,14 +23,14 @@ class SimilarFilters(BaseModel):
 
 class SimilarRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    encounter: dict[str, Any] = Field(description="One encounter in the UCI format, as for /predict")
+    encounter: Encounter = Field(description="One encounter in the UCI format, as for /predict")
     k: int = Field(DEFAULT_K, ge=1, le=MAX_K, strict=True, description="How many neighbours")
     filters: SimilarFilters = Field(default_factory=SimilarFilters)
 
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    encounter: dict[str, Any] = Field(description="One encounter in the UCI format, as for /predict")
+    encounter: Encounter = Field(description="One encounter in the UCI format, as for /predict")
     question: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUESTION)] = Field(
         description="The clinician's question"
     )
@@ -78,22 +79,11 @@ def _parse(model: type[BaseModel], data: Any) -> tuple[Any, dict[str, Any]]:
     """(the validated envelope, the parsed encounter record); every bad field of both in one 422."""
     if not isinstance(data, dict):
         raise ValidationFailed([Detail("body", "must be a JSON object")], error="invalid request")
-    details: list[Detail] = []
-    envelope = None
     try:
         envelope = model.model_validate(data)
     except ValidationError as exc:
-        details += _details(exc)
-    record: dict[str, Any] = {}
-    encounter = data.get("encounter")
-    if isinstance(encounter, dict):
-        try:
-            record = parse_encounter_body(encounter, prefix="encounter.")
-        except ValidationFailed as exc:
-            details += exc.details
-    if details:
-        # An encounter error is reported once, under its field, not again as "encounter" by the envelope.
-        raise ValidationFailed(list({(d.field, d.message): d for d in details}.values()), error="invalid request")
+        raise ValidationFailed(_details(exc), error="invalid request") from None
+    record: dict[str, Any] = envelope.encounter.to_record()  # type: ignore[attr-defined]
     if err := cohort_error(record, prefix="encounter."):
         raise err
     return envelope, record

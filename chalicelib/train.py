@@ -18,7 +18,7 @@ import numpy as np
 import xgboost as xgb
 
 from . import calibration, capacity, drift, evaluation, model_card
-from .bundle import dmatrix, write_bundle
+from .bundle import dmatrix, probe_rows, write_bundle
 from .dataset import content_sha256
 from .features import FEATURE_NAMES, FEATURES, encode, history_in_file
 from .schema import COLUMN_BY_NAME, EXCLUDED_DISPOSITIONS
@@ -311,7 +311,9 @@ def train(
         return files
 
     timings["before_write_s"] = round(time.perf_counter() - t0, 2)
-    bundle_dir = write_bundle(out_dir, booster, calibrator, meta, render)
+    # Probes (column quantiles of the training features, no encounter's row) let every process that takes this
+    # bundle check, in a separate process, that its model still gives the outputs it gave here (model_check).
+    bundle_dir = write_bundle(out_dir, booster, calibrator, meta, render, probes=probe_rows(X, seed=cfg.seed))
     tick("wrote the bundle and model card")
     final_meta = json.loads((bundle_dir / "model.json").read_text())
     held = (eval_X, eval_y, h_groups) if holdout is not None else None

@@ -271,3 +271,83 @@ def test_a_known_path_with_another_method_is_405_with_the_allow_header(
         "details": [{"field": "method", "message": f"{method} is not supported here; allowed: {allow}"}],
         "request_id": "r2",
     }
+
+
+# ---- the OpenAPI document and the server agree (issue #20) -------------------------------------------------------
+def _validator(name: str) -> Any:
+    """A JSON Schema validator for one of the document's request schemas (its $refs resolved in the document)."""
+    from jsonschema import Draft202012Validator
+
+    doc = ReadmitAPI.openapi(None, Request()).body  # type: ignore[arg-type]
+    return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": doc["components"]})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"encounter_id": None},  # declared nullable; was refused as "is required"
+        {"patient_nbr": None, "encounter_id": None, "readmitted": None},
+        {"encounter_id": "?", "readmitted": ""},
+        {"diag_1": ""},  # an empty diagnosis is a missing one, as in the data set's blank or '?' cells
+        {"diag_2": "?", "diag_3": None, "race": "", "weight": "?", "payer_code": None, "medical_specialty": ""},
+        {"diag_1": "V45.81", "diag_2": "E878"},
+        {"diag_1": "٤٢٨"},  # Arabic-Indic digits: ECMA's \d, and now the parser's, is ASCII only
+        {"diag_1": "428 x"},
+        {"diag_2": "0"},  # no ICD-9 code is all zeros (001-999); the explanation of one raised StopIteration
+        {"diag_3": "000.5", "diag_1": "010"},
+        {"gender": ""},
+        {"gender": "?"},
+        {"time_in_hospital": 15},
+        {"number_inpatient": True},
+        {"readmitted": "soon"},
+        {"MRN": 1},
+    ],
+)
+def test_the_document_accepts_an_encounter_exactly_when_the_server_does(api: ReadmitAPI, change: dict) -> None:
+    body = {**example(), **change}
+    declared = _validator("Encounter").is_valid(body)
+    status, out = post(api, body)
+    assert status in (200, 422), out
+    assert declared == (status == 200), (change, declared, out)
+
+
+def test_similar_and_chat_declare_what_the_encounter_must_hold(api: ReadmitAPI) -> None:
+    for name, extra in (("SimilarRequest", {}), ("ChatRequest", {"question": "why?"})):
+        validator = _validator(name)
+        assert not validator.is_valid({"encounter": {}, **extra})  # the server answers 422: gender is required
+        assert validator.is_valid({"encounter": example(), **extra})
+    from chalicelib.openapi import document
+
+    paths = document()["paths"]
+    for path in ("/similar-patients", "/chat"):
+        assert "422" in paths[path]["post"]["responses"]
+
+
+def test_record_true_needs_both_identifiers_and_says_so_in_the_document(api: ReadmitAPI) -> None:
+    from chalicelib.openapi import document
+
+    body = {k: v for k, v in example().items() if k != "encounter_id"}
+    status, out = post(api, body, query={"record": "true"})
+    assert status == 422 and out["details"] == [{"field": "encounter_id", "message": "is required when record=true"}]
+    assert post(api, body)[0] == 200  # without record=true the identifiers stay optional
+    status, out = post(api, {"encounters": [body, example()]}, route="batch", query={"record": "true"})
+    assert status == 200 and out["scored"] == 1
+    assert out["results"][0]["details"] == [
+        {"field": "encounters[0].encounter_id", "message": "is required when record=true"}
+    ]
+    [record] = [p for p in document()["paths"]["/predict"]["post"]["parameters"] if p["name"] == "record"]
+    assert "patient_nbr and encounter_id are then required" in record["description"]
+
+
+def test_a_batch_over_the_item_limit_answers_the_413_the_document_lists(api: ReadmitAPI) -> None:
+    from chalicelib.openapi import document
+
+    status, _ = post(api, {"encounters": [example()] * (MAX_BATCH + 1)}, route="batch")
+    responses = document()["paths"]["/predict/batch"]["post"]["responses"]
+    assert status == 413 and f"more than {MAX_BATCH} encounters" in responses["413"]["description"]
+    assert (
+        _validator("BatchRequest").schema["components"]["schemas"]["BatchRequest"]["properties"]["encounters"][
+            "maxItems"
+        ]
+        == MAX_BATCH
+    )

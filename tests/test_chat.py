@@ -141,7 +141,7 @@ def test_an_answer_naming_an_unreported_factor_falls_back_as_ungrounded(
     small_bundle: Path, client: Any, reported: list
 ) -> None:
     labels = {f["label"] for f in reported}
-    unreported = next(x for x in ("Number of diagnoses", "HbA1c > 8%", "Age", "Medications") if x not in labels)
+    unreported = next(x for x in ("Number of diagnoses", "HbA1c", "Age", "Medications given") if x not in labels)
     text = f"{reported[0]['label']} matters, and so does {unreported.lower()}."
     with Stubber(client) as stub:
         stub.add_response("converse", converse_response(text))
@@ -250,9 +250,13 @@ def test_the_chat_model_is_configured_by_environment() -> None:
 
 
 # ---- the grounding check and the scrubber, directly -------------------------------------------------------------
-FACTORS = [
-    {"feature": "number_inpatient", "label": "Inpatient stays (prior year)", "value": "2"},
-    {"feature": "discharge_facility", "label": "Discharged to nursing/skilled facility", "value": "3"},
+FACTORS = [  # factors are concepts (chalicelib/explain.py), as /predict reports them
+    {"feature": "inpatient_stays", "label": "Inpatient stays (prior year)", "value": "2"},
+    {
+        "feature": "discharge_disposition",
+        "label": "Discharge disposition",
+        "value": "Discharged/transferred to skilled nursing facility (3)",
+    },
 ]
 
 
@@ -262,8 +266,9 @@ FACTORS = [
         ("Two inpatient stays (prior year) and discharge to nursing/skilled facility raise the risk.", []),
         ("Her inpatient stays drive the risk.", []),  # the label without its qualifier is still the factor
         ("number_inpatient is the main factor.", []),
-        ("Inpatient stays and the length of stay drive the risk.", ["Length of stay (days)"]),
-        ("Her HbA1c > 8% matters too.", ["HbA1c > 8%"]),
+        ("Inpatient stays and the length of stay drive the risk.", ["Length of stay"]),
+        ("Her HbA1c > 8% matters too.", ["HbA1c"]),  # a model feature's label names its concept
+        ("The discharge disposition and her HbA1c matter.", ["HbA1c"]),
         ("At her age, inpatient stays matter.", ["Age"]),
         ("Managed by the agency.", []),  # "age" only as a whole word
     ],

@@ -10,12 +10,10 @@ import pandas as pd
 import pytest
 
 from chalicelib.features import (
-    FEATURE_BY_NAME,
     FEATURE_NAMES,
     FEATURES,
     HISTORY,
     PatientHistory,
-    display_value,
     encode,
     feature_spec_markdown,
     history_in_file,
@@ -315,16 +313,6 @@ def test_lace_score_for_a_short_elective_stay_with_many_ed_visits(base_row: dict
         },
     )
     assert f["lace_score"] == 5
-
-
-def test_display_value_shows_what_the_clinician_entered(base_row: dict[str, str]) -> None:
-    record, _ = parse_encounter({**base_row, "race": "?", "insulin": "Up"})
-    assert display_value(FEATURE_BY_NAME["race_missing"], record) == "?"
-    assert display_value(FEATURE_BY_NAME["insulin_up"], record) == "Up"
-    assert display_value(FEATURE_BY_NAME["meds_active"], record) == "Up"
-    history = PatientHistory(encounters=3, days=11)
-    assert display_value(FEATURE_BY_NAME["hist_days"], record, history) == "11"
-    assert display_value(FEATURE_BY_NAME["hist_encounters"], record) == "0"
 
 
 # ---- the spec document ------------------------------------------------------------------------------------

@@ -259,3 +259,173 @@ def test_dynamodb_history_pages_through_large_histories() -> None:
         # the answer above really spanned several pages
         pages = list(original(**calls[0], PaginationConfig={"PageSize": 3}))
         assert len(pages) >= 4
+
+
+# ---- no raw encounter_id at rest (issue #20) -------------------------------------------------------------------
+RAW_IDS = (314159265, 271828182, 1_000_003, 86753090)
+OLD_SCHEMA = (  # the table before encounter ids were hashed
+    "CREATE TABLE encounters ("
+    " patient_key TEXT NOT NULL, encounter_id INTEGER NOT NULL,"
+    " admission_type_id INTEGER NOT NULL, time_in_hospital INTEGER NOT NULL,"
+    " number_inpatient INTEGER NOT NULL, discharge_disposition_id INTEGER NOT NULL,"
+    " PRIMARY KEY (patient_key, encounter_id)) WITHOUT ROWID"
+)
+
+
+def encodings(value: int) -> list[bytes]:
+    """How a raw id could sit in a file: its digits, or SQLite's big-endian 4/6/8-byte integer."""
+    return [str(value).encode(), value.to_bytes(4, "big"), value.to_bytes(6, "big"), value.to_bytes(8, "big")]
+
+
+def file_bytes(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+
+
+def test_the_sqlite_file_holds_no_raw_encounter_id(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "history.sqlite3"
+    store = SQLiteHistoryStore(path, salt="s3cret")
+    for i, eid in enumerate(RAW_IDS):
+        store.record("p", eid, encounter(los=1 + i))
+    assert store.history("p", 300_000_000).as_row() == (3, 3, 2 + 3 + 4, 0, 0)  # the cut-off still works
+    store.close()
+    data = file_bytes(path)
+    assert data  # the check reads something
+    for eid in RAW_IDS:
+        for needle in encodings(eid):
+            assert needle not in data, f"encounter {eid} is stored as {needle!r}"
+    with sqlite3.connect(path) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(encounters)")}
+    assert "encounter_id" not in columns
+
+
+def test_encounter_keys_are_the_salted_hash_every_other_module_uses(tmp_path: Path) -> None:
+    import sqlite3
+
+    from chalicelib.identifiers import hash_id
+
+    path = tmp_path / "history.sqlite3"
+    store = SQLiteHistoryStore(path, salt="s3cret")
+    store.record("p", 42, encounter())
+    store.close()
+    with sqlite3.connect(path) as conn:
+        [(key,)] = conn.execute("SELECT encounter_key FROM encounters").fetchall()
+    assert key == hash_id(42, "s3cret", kind="encounter")
+
+
+@pytest.mark.parametrize("eid", [0, 1, -5, 123456789, 2**63 + 11, -(2**127)])
+def test_the_order_key_opens_only_with_the_salt(eid: int) -> None:
+    from chalicelib.history_store import encounter_key, seal, unseal
+
+    key = encounter_key(eid, "salt-a")
+    sealed = seal(eid, key, "salt-a")
+    assert unseal(sealed, key, "salt-a") == eid
+    assert int(sealed, 16) != eid % 2**128  # the id XOR a pad, not the id
+    assert unseal(sealed, key, "salt-b") != eid
+
+
+def test_an_encounter_id_beyond_127_bits_is_rejected(tmp_path: Path) -> None:
+    store = SQLiteHistoryStore(tmp_path / "h.sqlite3", salt="s")
+    with pytest.raises(InvalidEncounterId):
+        store.record("p", 2**127, encounter())
+    store.close()
+
+
+def test_an_old_store_is_migrated_on_open_with_identical_history(tmp_path: Path) -> None:
+    import sqlite3
+
+    # GIVEN a store written before hashing: raw encounter ids, two patients
+    path = tmp_path / "history.sqlite3"
+    rows = [("p", 10, 1, 2, 1, 1), ("p", 30, 3, 7, 4, 3), ("p", 20, 1, 5, 2, 22), ("q", 86753090, 2, 4, 0, 1)]
+    rows += [("r", eid, 1, 3, 0, 1) for eid in RAW_IDS]
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(OLD_SCHEMA)
+    conn.executemany("INSERT INTO encounters VALUES (?, ?, ?, ?, ?, ?)", rows)
+    conn.commit()
+    conn.close()
+    assert any(needle in file_bytes(path) for needle in encodings(314159265))  # the check has teeth
+
+    # WHEN the store opens it
+    store = SQLiteHistoryStore(path, salt="s3cret")
+
+    # THEN history is what it was, duplicates are still recognised, and no raw id remains in the file
+    assert store.history("p", 20).as_row() == (1, 1, 2, 1, 0)
+    assert store.history("p", 31).as_row() == (3, 2, 14, 4, 1)
+    assert store.history("q", None).as_row() == (1, 0, 4, 0, 0)
+    assert store.history("r", 300_000_000).encounters == 3
+    assert store.record("p", 20, encounter()) is False
+    assert store.record("p", 40, encounter()) is True
+    store.close()
+    data = file_bytes(path)
+    for eid in (*RAW_IDS, 86753090):
+        for needle in encodings(eid):
+            assert needle not in data, f"encounter {eid} survived the migration as {needle!r}"
+    # a second open finds the new schema and leaves it alone
+    again = SQLiteHistoryStore(path, salt="s3cret")
+    assert again.history("p", None).encounters == 4
+    again.close()
+
+
+def test_a_failed_migration_leaves_the_old_store_intact(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "history.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute(OLD_SCHEMA)
+    conn.executemany(
+        "INSERT INTO encounters VALUES (?, ?, ?, ?, ?, ?)", [("p", 1, 1, 2, 0, 1), ("p", "not-a-number", 1, 2, 0, 1)]
+    )
+    conn.commit()
+    conn.close()
+    store = SQLiteHistoryStore(path, salt="s")
+    with pytest.raises(InvalidEncounterId):
+        store.history("p", None)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM encounters WHERE encounter_id = 1").fetchone() == (1,)
+
+
+def test_dynamodb_items_hold_no_raw_encounter_id() -> None:
+    with mock_aws():
+        client = boto3.client("dynamodb")
+        store = DynamoDBHistoryStore("history", client, salt="s3cret")
+        store.create_table()
+        for eid in RAW_IDS:
+            store.record("p", eid, encounter())
+        items = client.scan(TableName="history", ConsistentRead=True)["Items"]
+        assert len(items) == len(RAW_IDS)
+        text = repr(items)
+        for eid in RAW_IDS:
+            assert str(eid) not in text
+        assert all("encounter_id" not in item for item in items)
+        assert store.history("p", 300_000_000).encounters == 3
+
+
+def test_the_dynamodb_one_off_copies_a_legacy_table_hashed_and_can_run_again() -> None:
+    with mock_aws():
+        client = boto3.client("dynamodb")
+        client.create_table(  # the old shape: sort key encounter_id (N)
+            TableName="legacy",
+            KeySchema=[
+                {"AttributeName": "patient_key", "KeyType": "HASH"},
+                {"AttributeName": "encounter_id", "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": "patient_key", "AttributeType": "S"},
+                {"AttributeName": "encounter_id", "AttributeType": "N"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        for patient, eid, los in (("p", 10, 2), ("p", 30, 7), ("p", 20, 5), ("q", 314159265, 3)):
+            item = {"patient_key": {"S": patient}, "encounter_id": {"N": str(eid)}}
+            item.update({k: {"N": str(v)} for k, v in encounter(los=los).items()})
+            client.put_item(TableName="legacy", Item=item)
+        store = DynamoDBHistoryStore("history", client, salt="s3cret")
+        store.create_table()
+
+        assert store.copy_legacy_table("legacy") == (4, 0)
+        assert store.history("p", 30).as_row() == (2, 2, 7, 0, 0)
+        assert store.history("q", None).encounters == 1
+        assert "314159265" not in repr(client.scan(TableName="history")["Items"])
+        assert store.copy_legacy_table("legacy") == (0, 4)  # idempotent: safe to rerun after the switch

@@ -163,3 +163,10 @@ def test_fifth_digit_two_or_three_means_uncontrolled(code: str) -> None:
 @pytest.mark.parametrize("code", ["250", "250.00", "250.01", "250.2", "250.3", "250.81", "251.02", "V50.02", None])
 def test_other_codes_are_not_uncontrolled_diabetes(code: str | None) -> None:
     assert not is_uncontrolled_diabetes(code)
+
+
+def test_a_code_outside_every_chapter_is_named_so_rather_than_raising() -> None:
+    from chalicelib.icd9 import chapter
+
+    assert chapter("0") == "no ICD-9-CM chapter"  # the API refuses it; other callers must not crash on it
+    assert chapter("428") != "no ICD-9-CM chapter"

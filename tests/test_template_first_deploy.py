@@ -341,3 +341,19 @@ def test_every_function_whose_code_hashes_identifiers_gets_the_stacks_salt() -> 
     for function in hashing:
         env = template.properties(function).get("Environment", {}).get("Variables", {})
         assert env.get("READMIT_ID_SALT_SECRET") == {"Ref": "IdSaltSecret"}, function
+
+
+def test_the_history_table_has_the_key_the_store_writes() -> None:
+    """The store keys items by hashed encounter (no raw id); a table keyed otherwise rejects every write."""
+    import boto3
+    from moto import mock_aws
+
+    from chalicelib.history_store import DynamoDBHistoryStore
+
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        DynamoDBHistoryStore("history", client, salt="s").create_table()
+        table = client.describe_table(TableName="history")["Table"]
+    props = raw()["Resources"]["HistoryTable"]["Properties"]
+    assert props["KeySchema"] == table["KeySchema"]
+    assert sorted(props["AttributeDefinitions"], key=str) == sorted(table["AttributeDefinitions"], key=str)
