@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,72 @@ from . import settings
 
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+class Reporter:
+    """Progress on stderr: tqdm bars when stderr is a terminal, plain step lines when it is not (logs, CI).
+
+    Callable with a step line (what ``train``/``retrain``/``tune`` take as ``progress``); ``bar`` is found by
+    ``train.progress_bar`` for long loops (boosting rounds, folds, trials)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, msg: str) -> None:
+        _err(msg)
+
+    @contextlib.contextmanager
+    def bar(self, total: int, desc: str, unit: str = "it") -> Iterator[Callable[[int], None]]:
+        if not self.tty:
+            _err(f"{desc}: {total} {unit}…")
+            yield lambda _n=1: None
+            return
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False) as progress:
+            yield progress.update
+
+
+def text_lines(value: Any, indent: int = 0) -> list[str]:
+    """A summary as aligned ``key  value`` lines; nested mappings indented under their key."""
+    pad = " " * indent
+    if not isinstance(value, dict):
+        return [pad + _scalar(value)]
+    width = max((len(str(k)) for k in value), default=0)
+    lines = []
+    for key, item in value.items():
+        if isinstance(item, dict) and item:
+            lines.append(f"{pad}{key}")
+            lines.extend(text_lines(item, indent + 2))
+        elif isinstance(item, list) and item and all(isinstance(i, dict) for i in item):
+            lines.append(f"{pad}{key}")
+            lines.extend(f"{pad}  " + ", ".join(f"{k}={_scalar(v)}" for k, v in i.items()) for i in item)
+        else:
+            lines.append(f"{pad}{str(key).ljust(width)}  {_scalar(item)}")
+    return lines
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if isinstance(value, list):
+        return ", ".join(_scalar(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return "-"
+    return str(value)
+
+
+def emit(args: argparse.Namespace, summary: Any) -> None:
+    """Print a summary: JSON with --json or when stdout is not a terminal (pipes and scripts keep parsing it as
+    before), aligned text on a terminal."""
+    if getattr(args, "json", False) or not sys.stdout.isatty():
+        print(json.dumps(summary, indent=2))
+    elif isinstance(summary, list):
+        print("\n".join(line for item in summary for line in [*text_lines(item), ""]))
+    else:
+        print("\n".join(text_lines(summary)))
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -33,7 +100,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         "invalid_rows": len(table.errors),
         "first_errors": [{"line": e.line, "reason": e.reason} for e in table.errors[:20]],
     }
-    print(json.dumps(report, indent=2))
+    emit(args, report)
     return 0
 
 
@@ -61,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.trees:
         cfg.n_estimators = args.trees
     out = Path(args.out) if args.out else settings.home() / "bundles"
-    result = train(data, out, cfg, progress=_err)
+    result = train(data, out, cfg, progress=Reporter())
     summary: dict[str, Any] = {
         "version": result.version,
         "bundle": str(result.bundle_dir),
@@ -79,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             registry.set_alias("challenger", result.version, "trained; awaiting the champion/challenger gate")
             summary["registry"] = f"{registry.storage.uri}: registered as challenger (champion unchanged)"
-    print(json.dumps(summary, indent=2))
+    emit(args, summary)
     return 0
 
 
@@ -97,30 +164,73 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     started = time.perf_counter()
     counts = predict_file(model, locate(args.data), Path(args.out))
-    _err(f"scored {counts} in {time.perf_counter() - started:.2f}s with model {model.version} → {args.out}")
+    done = ", ".join(f"{n:,} {status}" for status, n in counts.items())
+    _err(f"{done} in {time.perf_counter() - started:.2f}s with model {model.version} → {args.out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .batch import labelled_cohort
-    from .dataset import locate
-    from .evaluation import evaluate
+    from .dataset import content_sha256, locate
+    from .evaluation import evaluate, holdout_mask
     from .loader import load_model
     from .train import subgroup_values
 
     model = load_model(args.model or settings.registry_uri())
-    y, risk, scored, keep = labelled_cohort(model, locate(args.data))
+    data = locate(args.data)
+    y, risk, scored, keep = labelled_cohort(model, data)
     groups = {k: v[keep] for k, v in subgroup_values(scored.table.cols).items()}
+    patients = scored.table.patient_nbr[keep]
+    held = holdout_mask(model.meta, content_sha256(data), patients)
+    if held is not None and args.data is None and held.any():  # the bundle's own holdout: patients it never saw
+        y, risk, groups = y[held], risk[held], {k: v[held] for k, v in groups.items()}
+        scope = f"the model's holdout: {len(np.unique(patients[held])):,} patients it never saw"
+        overlap: float | None = 0.0
+    else:
+        scope = f"every labelled cohort row of {data.name}"
+        overlap = _training_overlap(model.meta, patients, held, args.data is None)
+        if overlap is None:
+            _err(f"readmit evaluate: warning: cannot tell whether {data.name} overlaps the training patients "
+                 "(the training file is not available here); if it does, these metrics are optimistic")  # fmt: skip
+        elif overlap > 0:
+            hint = "; omit --data to evaluate on the model's own holdout" if held is not None and held.any() else ""
+            _err(f"readmit evaluate: WARNING: {overlap:.1%} of these encounters belong to patients model "
+                 f"{model.version} was trained on: the metrics are in-sample and optimistic{hint}")  # fmt: skip
     metrics = evaluate(y, risk, model.threshold, groups)
-    print(json.dumps({"model_version": model.version, **metrics}, indent=2))
+    emit(args, {"model_version": model.version, "evaluated_on": scope, "training_overlap": overlap, **metrics})
     return 0
+
+
+def _training_overlap(meta: dict[str, Any], patients: Any, held: Any, default_data: bool) -> float | None:
+    """Share of rows whose patient trained the model; None when the training file cannot be found to tell."""
+    from .dataset import DatasetError, content_sha256, locate
+    from .evaluation import holdout_mask, overlap_share
+    from .tabular import read_table
+    from .train import prepare
+
+    if held is not None:  # this is the training file
+        return overlap_share(patients, patients[~held])
+    if default_data:
+        return None
+    try:  # the file the bundle was trained on, if it is the one found by default (the UCI data set)
+        training_file = locate(download=False)
+    except DatasetError:
+        return None
+    sha = (meta.get("data") or {}).get("sha256")
+    if content_sha256(training_file) != sha:
+        return None
+    trained = prepare(read_table(training_file, require_target=True)).patients
+    mask = holdout_mask(meta, sha, trained)
+    return overlap_share(patients, trained if mask is None else trained[~mask])
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from .dataset import locate
     from .tune import tune
 
-    report = tune(locate(args.data), progress=_err)
+    report = tune(locate(args.data), progress=Reporter())
     if args.out:
         Path(args.out).write_text(report)
         _err(f"wrote {args.out}")
@@ -131,14 +241,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_registry(args: argparse.Namespace) -> int:
     from .model_check import InvalidModel
-    from .registry import Registry
+    from .registry import Registry, UnknownVersionError
 
     registry = Registry.open(settings.registry_uri(args.registry))
     if args.action == "list":
         aliases = {a: registry.get_alias(a) for a in ("champion", "challenger")}
-        print(json.dumps({"versions": registry.list_versions(), "aliases": aliases}, indent=2))
+        emit(args, {"versions": registry.list_versions(), "aliases": aliases})
     elif args.action == "history":
-        print(json.dumps(registry.history(), indent=2))
+        emit(args, registry.history())
     elif args.action == "promote":
         if not args.version:
             _err("promote needs a VERSION")
@@ -148,7 +258,12 @@ def cmd_registry(args: argparse.Namespace) -> int:
         except InvalidModel as exc:
             _err(f"readmit registry promote: {exc}; the champion is unchanged")
             return 2
-        print(json.dumps({"champion": registry.champion()}))
+        except UnknownVersionError:
+            known = ", ".join(registry.list_versions()) or "none"
+            where = registry.storage.uri
+            _err(f"readmit registry: no model version {args.version!r} in registry {where}; known: {known}")
+            return 2
+        emit(args, {"champion": registry.champion()})
     return 0
 
 
@@ -163,22 +278,20 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     registry = Registry.open(settings.registry_uri(args.registry))
     gate = GateConfig(min_auc=args.min_auc, max_auc_drop=args.max_auc_drop, max_ece=args.max_ece)
     result = retrain(
-        locate(args.data), registry, trigger=args.trigger, eval_frac=args.eval_frac, gate_cfg=gate, progress=_err
+        locate(args.data), registry, trigger=args.trigger, eval_frac=args.eval_frac, gate_cfg=gate, progress=Reporter()
     )
     d = result.decision
-    print(
-        json.dumps(
-            {
-                "decision": "promoted" if d.promote else "rejected",
-                "challenger": result.version,
-                "champion": result.champion,
-                "reasons": d.reasons,
-                "challenger_auc": d.challenger["roc_auc"],
-                "champion_auc": d.champion["roc_auc"] if d.champion else None,
-                "seconds": round(result.seconds, 1),
-            },
-            indent=2,
-        )
+    emit(
+        args,
+        {
+            "decision": "promoted" if d.promote else "rejected",
+            "challenger": result.version,
+            "champion": result.champion,
+            "reasons": d.reasons,
+            "challenger_auc": d.challenger["roc_auc"],
+            "champion_auc": d.champion["roc_auc"] if d.champion else None,
+            "seconds": round(result.seconds, 1),
+        },
     )
     return 0
 
@@ -195,7 +308,7 @@ def _start_remote(args: argparse.Namespace) -> int:
         return 2
     payload = {"trigger": args.trigger, "data_uri": args.data, "registry_uri": settings.registry_uri(args.registry)}
     response = boto3.client("stepfunctions").start_execution(stateMachineArn=arn, input=json.dumps(payload))
-    print(json.dumps({"executionArn": response["executionArn"], "input": payload}, indent=2))
+    emit(args, {"executionArn": response["executionArn"], "input": payload})
     return 0
 
 
@@ -250,15 +363,15 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     registry = Registry.open(settings.registry_uri(args.registry))
     result = monitor.run(registry, open_prediction_log(args.log), window=timedelta(hours=args.hours))
-    print(json.dumps(result, indent=2))
+    emit(args, result)
     if result["status"] == "drift" and args.retrain:
         from .dataset import locate
         from .retrain import retrain
 
         _err("drift detected: starting a retraining run (trigger drift)")
-        run = retrain(locate(args.data), registry, trigger="drift", progress=_err)
-        print(json.dumps({"retrain": "promoted" if run.decision.promote else "rejected", "challenger": run.version,
-                          "champion": run.champion, "reasons": run.decision.reasons}, indent=2))  # fmt: skip
+        run = retrain(locate(args.data), registry, trigger="drift", progress=Reporter())
+        emit(args, {"retrain": "promoted" if run.decision.promote else "rejected", "challenger": run.version,
+                          "champion": run.champion, "reasons": run.decision.reasons})  # fmt: skip
     return 1 if result["status"] == "drift" else 0
 
 
@@ -267,7 +380,7 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
 
     outcomes, bad = read_outcome_file(Path(args.file))
     n = OutcomeStore(settings.home() / "outcomes.jsonl").add(outcomes)
-    print(json.dumps({"recorded": n, "rejected": len(bad), "problems": bad[:20]}, indent=2))
+    emit(args, {"recorded": n, "rejected": len(bad), "problems": bad[:20]})
     return 1 if bad and not n else 0
 
 
@@ -280,7 +393,7 @@ def cmd_performance(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     labels = OutcomeStore(settings.home() / "outcomes.jsonl").labels()
     report = realized(open_prediction_log(args.log), labels, now - timedelta(days=args.days), now, now)
-    print(json.dumps(report, indent=2))
+    emit(args, report)
     return 0
 
 
@@ -324,7 +437,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         "store": type(store).__name__,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    print(json.dumps(report, indent=2))
+    emit(args, report)
     return 0
 
 
@@ -338,7 +451,7 @@ def _enqueue_backfill(args: argparse.Namespace) -> int:
     bucket, _, key = args.data.removeprefix("s3://").partition("/")
     body = json.dumps({"backfill": {"bucket": bucket, "key": key}})
     response = boto3.client("sqs").send_message(QueueUrl=args.queue, MessageBody=body)
-    print(json.dumps({"backfill": {"bucket": bucket, "key": key}, "message_id": response["MessageId"]}, indent=2))
+    emit(args, {"backfill": {"bucket": bucket, "key": key}, "message_id": response["MessageId"]})
     return 0
 
 
@@ -358,6 +471,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # in os.environ (the workers inherit them); explicit flags below win over them.
     factory.load_chalice_app(config.environment_variables)
     if args.model:
+        from .loader import bundle_path
+        from .model_check import require_valid
+
+        require_valid(bundle_path(args.model))  # a wrong path or broken model stops here, not as `ready: false`
         os.environ[settings.ENV_MODEL] = args.model
     if args.registry:
         os.environ[settings.ENV_REGISTRY] = args.registry
@@ -405,9 +522,9 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         _err(f"readmit invoke: {exc}")
         return 2
     event = json.loads(Path(args.event).read_text()) if args.event else {}
-    local = [f"{k} ({spec.unresolved[k]})" for k in spec.unresolved if k not in pairs and k not in os.environ]
-    if local:
-        _err(f"Left unset, so local defaults apply (--env NAME=VALUE to point them elsewhere): {', '.join(local)}")
+    unset = [k for k in spec.unresolved if k not in pairs and k not in os.environ]
+    if unset:
+        _err(local_invoke.unset_message(spec, unset))
     request_id = str(uuid.uuid4())
     _err(f"START RequestId: {request_id} Version: $LATEST")
     started = time.perf_counter()
@@ -452,9 +569,47 @@ def _pairs(items: list[str] | None, flag: str) -> list[tuple[str, str]]:
     return pairs
 
 
+class _VersionAction(argparse.Action):
+    """`readmit --version`: the installed package's version and, when a local registry has one, its champion
+    (read from the alias file: no model is loaded, so no xgboost)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            line = f"readmit {version('readmit')}"
+        except PackageNotFoundError:
+            line = "readmit (not installed as a package)"
+        uri = settings.registry_uri()
+        if not uri.startswith("s3://") and Path(uri).expanduser().is_dir():
+            from .registry import Registry
+
+            with contextlib.suppress(Exception):  # an unreadable registry only leaves the champion out
+                champion = Registry.open(Path(uri).expanduser(), validate=False).champion()
+                line += f"\nchampion: {champion or 'none'} (registry {uri})"
+        print(line)  # on stdout, as `--version` conventionally is (argparse.exit writes to stderr)
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="readmit", description="30-day readmission risk for diabetic patients.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action=_VersionAction, help="print the package version (and the local champion)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors ($READMIT_DEBUG=1)")
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    common = argparse.ArgumentParser(add_help=False, parents=[debug])
+    common.add_argument("--json", action="store_true", help="print the summary as JSON (default when piped)")
+    subparsers = p.add_subparsers(dest="command", required=True)
+
+    class _Sub:  # every subcommand takes --debug; all but smoke (which has its own) take --json
+        @staticmethod
+        def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+            return subparsers.add_parser(name, parents=[debug if name == "smoke" else common], **kwargs)
+
+    sub = _Sub()
 
     s = sub.add_parser("data", help="find, verify and validate the UCI data set")
     s.add_argument("--data", help="UCI zip, .csv or .csv.gz (default: $READMIT_DATA, cache, download)")
@@ -582,17 +737,67 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception classes that mean a user mistake (one line, exit 2), from the modules already imported: a module
+    that was never imported cannot have raised, and importing it here would cost the fast start."""
+    found: list[type[BaseException]] = [FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError]
+    for module, names in (
+        ("chalicelib.dataset", ("DatasetError",)),
+        ("chalicelib.bundle", ("BundleError",)),
+        ("chalicelib.registry", ("RegistryError",)),
+        ("chalicelib.loader", ("NoChampion",)),
+        ("chalicelib.model_check", ("InvalidModel",)),
+        ("chalicelib.storage", ("StorageError",)),
+    ):
+        loaded = sys.modules.get(module)
+        found.extend(getattr(loaded, name) for name in names if loaded is not None and hasattr(loaded, name))
+    return tuple(found)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    text = str(exc.args[0]) if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+    return text.strip().replace("\n", " ") or type(exc).__name__
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout's reader went away (`readmit features | head -3`): stop quietly, as Unix tools do. Python's recipe:
+    point stdout at devnull so the interpreter's final flush does not raise again
+    (https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .bundle import BundleError
-    from .dataset import DatasetError
-    from .loader import NoChampion
-    from .registry import RegistryError
+    """Parse, run one command, and keep user mistakes to one line on stderr (exit 2): no traceback unless
+    --debug or READMIT_DEBUG=1, and then only for what is not a user mistake."""
+    import os
 
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("READMIT_DEBUG", "") not in ("", "0")
     try:
-        return int(args.func(args) or 0)
-    except (DatasetError, BundleError, RegistryError, NoChampion, FileNotFoundError) as exc:
-        _err(f"readmit {args.command}: {exc}")
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except KeyboardInterrupt:
+        _err("readmit: interrupted")
+        return 130
+    except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            _err(f"readmit {args.command}: {_message(exc)}")
+            return 2
+        if debug:
+            raise
+        _err(
+            f"readmit {args.command}: unexpected error ({type(exc).__name__}: {_message(exc)}); "
+            "run with --debug or READMIT_DEBUG=1 for the traceback"
+        )
         return 1
 
 

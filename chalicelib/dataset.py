@@ -55,6 +55,8 @@ def locate(path: str | Path | None = None, *, download: bool = True) -> Path:
             p = Path(candidate).expanduser()
             if not p.exists():
                 raise DatasetNotFound(f"{origin} points to {p}, which does not exist")
+            if p.is_dir():
+                raise DatasetError(f"{origin} points to {p}, a folder: give the UCI zip, .csv or .csv.gz file")
             return p
     cached = cache_dir() / CSV_MEMBER
     if cached.exists():
@@ -117,6 +119,8 @@ def open_text(path: Path) -> Iterator[IO[str]]:
     """Text stream of the CSV inside a zip, a .csv.gz or a plain .csv; newline='' keeps CRLF handling to csv."""
     name = path.name.lower()
     if name.endswith(".zip"):
+        if not zipfile.is_zipfile(path):
+            raise DatasetError(f"{path} is not a zip archive")
         with zipfile.ZipFile(path) as zf:
             members = [m for m in zf.namelist() if m.lower().endswith(CSV_MEMBER)]
             if not members:

@@ -91,3 +91,22 @@ def curves(y: np.ndarray, p: np.ndarray, points: int = 200) -> dict[str, list[fl
     fpr_, tpr_ = thin(fpr, tpr)
     rec_, prec_ = thin(recall, precision)
     return {"fpr": fpr_, "tpr": tpr_, "recall": rec_, "precision": prec_}
+
+
+def holdout_mask(meta: Mapping[str, Any], data_sha256: str, patients: np.ndarray) -> np.ndarray | None:
+    """Which cohort rows of the training file the bundle held out, recomputed from its recorded fraction and seed
+    (``train.holdout_split`` is deterministic). ``patients`` are the file's cohort rows in file order, as training
+    saw them. None when this file is not the one the bundle was trained on (so its split is unknown here)."""
+    from .train import holdout_split
+
+    if data_sha256 != (meta.get("data") or {}).get("sha256"):
+        return None
+    frac = float(meta.get("holdout_frac") or 0.0)
+    if frac <= 0:
+        return np.zeros(len(patients), dtype=bool)
+    return holdout_split(patients, frac, int(meta["cv"]["seed"]))
+
+
+def overlap_share(patients: np.ndarray, training_patients: np.ndarray) -> float:
+    """Share of rows whose patient trained the model: those rows' metrics are in-sample, hence optimistic."""
+    return float(np.isin(patients, training_patients).mean()) if len(patients) else 0.0

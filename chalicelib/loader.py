@@ -7,12 +7,16 @@ from typing import Any
 
 from .bundle import MANIFEST, ModelBundle
 from .model_check import require_valid
-from .registry import Registry
+from .registry import Registry, UnknownVersionError
 from .settings import home
 
 
 class NoChampion(LookupError):
     """The registry has no champion yet: train and register a model first."""
+
+
+class ModelNotFound(NoChampion):
+    """``--model`` names a local path that does not exist, or a folder that is neither a bundle nor a registry."""
 
 
 def bundle_path(uri: str | Path, *, alias: str = "champion", cache: Path | None = None, s3_client: Any = None) -> Path:
@@ -25,12 +29,30 @@ def bundle_path(uri: str | Path, *, alias: str = "champion", cache: Path | None 
     if not text.startswith("s3://") and (Path(text).expanduser() / MANIFEST).is_file():
         return Path(text).expanduser()
     root, _, version = text.rstrip("/").rpartition("/models/")
+    if not text.startswith("s3://"):
+        _check_local(Path(root or text).expanduser(), text)
     registry = Registry.open(root if root else text, s3_client=s3_client)
     if not root:
         version = registry.get_alias(alias) or ""
         if not version:
             raise NoChampion(f"the registry at {text} has no {alias!r} model: run `readmit train --registry {text}`")
-    return registry.download(version, cache or home() / "cache" / "models")
+    try:
+        return registry.download(version, cache or home() / "cache" / "models")
+    except UnknownVersionError:
+        known = ", ".join(registry.list_versions()) or "none"
+        raise UnknownVersionError(f"no model version {version!r} in registry {root}; known: {known}") from None
+
+
+def _check_local(folder: Path, text: str) -> None:
+    """A local path that cannot be a model says so, instead of reading as an empty registry."""
+    if not folder.exists():
+        raise ModelNotFound(
+            f"{text} does not exist (expected a model bundle folder or a registry, as `readmit train --registry` makes)"
+        )
+    if not folder.is_dir():
+        raise ModelNotFound(f"{text} is a file: expected a model bundle folder or a registry")
+    if not any((folder / name).exists() for name in ("models", "aliases", "history")) and any(folder.iterdir()):
+        raise ModelNotFound(f"{text} is neither a model bundle (no {MANIFEST}) nor a registry (no models/ folder)")
 
 
 def load_model(uri: str | Path, *, validate: bool = True, **kwargs: Any) -> ModelBundle:

@@ -170,3 +170,14 @@ def error_payload(exc: BaseException, request_id: str) -> dict[str, Any]:
         "requestId": request_id,
         "stackTrace": frames,
     }
+
+
+def unset_message(spec: FunctionSpec, unset: list[str]) -> str:
+    """Which of the function's variables are unset here (they name stack resources the template cannot resolve
+    locally), and that the function reads them: code with a local default falls back to it, the rest fails."""
+    names = ", ".join(f"{k} ({spec.unresolved[k]})" for k in unset)
+    return (
+        f"readmit invoke: {spec.logical_id} reads {len(unset)} variable(s) that name stack resources and are unset "
+        f"here: {names}. Where its code has a local default ($READMIT_HOME) that applies; otherwise the function "
+        "needs them: pass --env NAME=VALUE for each (e.g. a moto or real AWS resource)."
+    )

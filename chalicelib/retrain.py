@@ -90,6 +90,8 @@ def retrain(
         challenger = ModelBundle.load(result.bundle_dir)
     # train() already built the held-out patients' features; score both models on exactly those
     evalset = EvaluationSet(*result.holdout) if result.holdout else evaluation_set(data_path, eval_frac, seed)
+    progress(f"gating challenger {version} against the champion on {len(evalset.y):,} held-out encounters")
     decision = evaluate_challenger(registry, challenger, evalset, gate_cfg)
+    progress(f"decision: {'promote' if decision.promote else 'reject'} {version}")
     champion = apply_decision(registry, version, decision, trigger=trigger, champion=registry.champion())
     return RetrainResult(version, decision, champion, time.perf_counter() - started)

@@ -7,6 +7,7 @@ the same reasons. Training-side only: the serving path never imports this module
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .dataset import DatasetSchemaError, open_text
+from .dataset import DatasetError, DatasetSchemaError, open_text
 from .schema import (
     COLUMN_NAMES,
     COLUMNS,
@@ -79,19 +80,63 @@ def _check(col: Column, s: pd.Series, nullable: bool) -> tuple[np.ndarray, np.nd
 
 
 def read_table(path: Path, *, require_target: bool) -> Table:
-    """Read and validate a UCI-format file (zip, csv, csv.gz; CRLF or LF)."""
-    with open_text(path) as fh:
-        raw = pd.read_csv(fh, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False)
+    """Read and validate a UCI-format file (zip, csv, csv.gz; CRLF or LF).
+
+    A row with the wrong number of fields is one invalid row (its line and field count), not a failed file."""
+    ragged: dict[int, str] = {}
+    try:
+        with open_text(path) as fh:
+            raw = pd.read_csv(fh, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise DatasetSchemaError(f"{path} is empty: expected a UCI-format CSV with a header line") from None
+    except pd.errors.ParserError:  # ragged rows: the slow path keeps them, marked, instead of failing the file
+        raw, ragged = _read_ragged(path)
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path} is not UTF-8 text: expected a UCI-format CSV (or its .zip / .csv.gz)") from None
     required = [c for c in COLUMN_NAMES if require_target or c != TARGET]
     missing_cols = [c for c in required if c not in raw.columns]
     if missing_cols:
-        raise DatasetSchemaError(f"{path}: missing columns {', '.join(missing_cols)}")
-    return validate_frame(raw, require_target=require_target)
+        raise DatasetSchemaError(_schema_message(path, [str(c) for c in raw.columns], missing_cols, required))
+    return validate_frame(raw, require_target=require_target, ragged=ragged)
 
 
-def validate_frame(raw: pd.DataFrame, *, require_target: bool) -> Table:
+def _read_ragged(path: Path) -> tuple[pd.DataFrame, dict[int, str]]:
+    """The file through the csv module: rows with too many or too few fields are cut or padded to the header's
+    width (so the first column, the encounter id, still lines up) and reported by row index."""
+    with open_text(path) as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if not header:
+            raise DatasetSchemaError(f"{path} is empty: expected a UCI-format CSV with a header line")
+        width, rows, ragged = len(header), [], {}
+        for i, row in enumerate(reader):
+            if row and len(row) != width:
+                ragged[i] = f"has {len(row)} fields, expected {width}"
+                row = (row + [""] * width)[:width]
+            rows.append(row or [""] * width)
+    return pd.DataFrame(rows, columns=header, dtype=str), ragged
+
+
+def _schema_message(path: Path, header: list[str], missing: list[str], required: list[str]) -> str:
+    """Why the header is wrong, in the words of the likely cause: another delimiter, or not a UCI file at all."""
+    first = ",".join(header)
+    for delimiter, name in ((";", "semicolon"), ("\t", "tab")):
+        if delimiter in first:
+            return (
+                f"{path}: the header looks {name}-delimited; readmit reads comma-separated UCI files "
+                f"(convert it, e.g. re-export as CSV with ',' as the separator)"
+            )
+    if len(missing) == len(required):
+        return f"{path} is not a UCI-format CSV: its first line has none of the expected columns (encounter_id, …)"
+    return f"{path}: missing columns {', '.join(missing)}"
+
+
+def validate_frame(raw: pd.DataFrame, *, require_target: bool, ragged: dict[int, str] | None = None) -> Table:
+    """Parse every column; ``ragged`` rows (index → reason) are invalid whatever their fields say."""
+    ragged = ragged or {}
     n = len(raw)
     valid = np.ones(n, dtype=bool)
+    valid[list(ragged)] = False
     parsed: dict[str, Any] = {}
     for col in COLUMNS:
         if col.name == TARGET and col.name not in raw.columns:
@@ -101,6 +146,9 @@ def validate_frame(raw: pd.DataFrame, *, require_target: bool) -> Table:
         parsed[col.name] = values
     errors = []
     for i in np.flatnonzero(~valid):
+        if int(i) in ragged:
+            errors.append(RowError(int(i) + 2, ragged[int(i)]))
+            continue
         row = raw.iloc[i].to_dict()
         if not any(str(v).strip() for v in row.values()):
             errors.append(RowError(int(i) + 2, "blank line"))

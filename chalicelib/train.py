@@ -6,10 +6,11 @@ retrained model is built by exactly the code that was tested.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,11 +137,42 @@ def holdout_split(patients: np.ndarray, frac: float, seed: int) -> np.ndarray:
     return np.isin(patients, chosen)
 
 
+@contextlib.contextmanager
+def progress_bar(progress: Callable[[str], None] | None, total: int, desc: str, unit: str) -> Iterator[Callable]:
+    """An ``update(n)`` for a long loop: the reporter's bar if it has one (the CLI's: tqdm on a terminal, a step
+    line otherwise), else nothing."""
+    bar = getattr(progress, "bar", None)
+    if bar is None:
+        yield lambda _n=1: None
+        return
+    with bar(total, desc, unit) as update:
+        yield update
+
+
+class _Rounds(xgb.callback.TrainingCallback):
+    """Reports each boosting round (the final fit takes minutes on the full data with no other sign of life)."""
+
+    def __init__(self, update: Callable[[int], object]) -> None:
+        super().__init__()
+        self.update = update
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        self.update(1)
+        return False  # never stop early
+
+
 def fit_booster(
-    X: np.ndarray, y: np.ndarray, params: dict[str, Any], trees: int, seed: int, nthread: int
+    X: np.ndarray,
+    y: np.ndarray,
+    params: dict[str, Any],
+    trees: int,
+    seed: int,
+    nthread: int,
+    on_round: Callable[[int], object] | None = None,
 ) -> xgb.Booster:
     dtrain = dmatrix(X, y)
-    return xgb.train({**params, "seed": seed, "nthread": nthread}, dtrain, num_boost_round=trees)
+    callbacks = [_Rounds(on_round)] if on_round else None
+    return xgb.train({**params, "seed": seed, "nthread": nthread}, dtrain, num_boost_round=trees, callbacks=callbacks)
 
 
 def predict_raw(booster: xgb.Booster, X: np.ndarray) -> np.ndarray:
@@ -241,12 +273,16 @@ def train(
     thresholds = {"high": high, "medium": medium, "high_share": cfg.high_share, "medium_share": cfg.medium_share}
     tick(f"calibrated ({method})")
 
-    booster = fit_booster(X, y, cfg.params, cfg.n_estimators, cfg.seed, cfg.nthread)
+    with progress_bar(progress, cfg.n_estimators, "final fit", "trees") as update:
+        booster = fit_booster(X, y, cfg.params, cfg.n_estimators, cfg.seed, cfg.nthread, update)
     tick("fitted the final model on all training encounters")
 
     cv_scored = {PRODUCTION: (cv_risk, high)}
     if cfg.baselines:
-        orig_oof = out_of_fold(X, y, folds, ORIGINAL_PARAMS, ORIGINAL_TREES, cfg)
+        with progress_bar(progress, cfg.folds, "baselines' grouped CV", "folds") as update:
+            orig_oof = out_of_fold(
+                X, y, folds, ORIGINAL_PARAMS, ORIGINAL_TREES, cfg, lambda step: (say(f"baseline {step}"), update(1))
+            )
         lace_cv = calibration.cross_fit("isotonic", _lace(X), y, folds)
         cv_scored[ORIGINAL] = (orig_oof, _top_share_threshold(orig_oof, cfg.high_share))
         cv_scored[LACE] = (lace_cv, _top_share_threshold(lace_cv, cfg.high_share))

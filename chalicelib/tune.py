@@ -36,7 +36,9 @@ def tune(
     cfg = TrainConfig(folds=folds)
     fold_ids = grouped_folds(prep.y, prep.patients, folds, cfg.seed)
     rows = []
-    for values in itertools.product(*grid.values()):
+    trials = list(itertools.product(*grid.values()))
+    for trial, values in enumerate(trials, 1):
+        progress(f"trial {trial} of {len(trials)}")
         params = {**DEFAULT_PARAMS, **dict(zip(grid, values, strict=True))}
         trees = int(params.pop("trees", DEFAULT_TREES))
         started = time.perf_counter()

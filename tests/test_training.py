@@ -131,13 +131,13 @@ def test_cli_train_registers_the_first_model_as_champion(sample_csv: Path, tmp_p
 
 def test_cli_reports_a_missing_data_file_clearly(tmp_path: Path) -> None:
     done = run_cli("data", "--data", str(tmp_path / "nope.zip"))
-    assert done.returncode == 1
+    assert done.returncode == 2  # a user mistake
     assert "does not exist" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_cli_predict_without_a_champion_says_what_to_do(tmp_path: Path, sample_csv: Path) -> None:
     done = run_cli("predict", "--model", str(tmp_path / "empty-registry"), "--data", str(sample_csv), "--out", "x.csv")
-    assert done.returncode == 1
+    assert done.returncode == 2  # a user mistake
     assert "readmit train" in done.stderr and "Traceback" not in done.stderr
 
 
