@@ -306,7 +306,7 @@ class ReadmitAPI:
         valid: list[tuple[int, dict[str, Any]]] = []
         for i, item in enumerate(items):
             try:
-                record = parse_encounter_body(item, prefix=f"encounters[{i}].")
+                record = parse_encounter_body(item, prefix=f"encounters[{i}].", batch_item=True)
                 if err := cohort_error(record, prefix=f"encounters[{i}]."):
                     raise err
                 if remember:

@@ -12,7 +12,18 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 from .errors import Detail, MalformedJson, PayloadTooLarge, UnacceptableJson, ValidationFailed, safe_text
-from .schema import COLUMNS, ICD9_PATTERN, IDENTIFIERS, MEDICATIONS, MISSING, TARGET, Column, _is_missing, parse_value
+from .schema import (
+    COLUMNS,
+    EXCLUDED_DISPOSITIONS,
+    ICD9_PATTERN,
+    IDENTIFIERS,
+    MEDICATIONS,
+    MISSING,
+    TARGET,
+    Column,
+    _is_missing,
+    parse_value,
+)
 
 MAX_BATCH = 500
 # One encounter is ~1.5 KB of JSON, so 64 KB is ~40× headroom; a full batch is ~750 KB, so 2 MB. Both far below
@@ -40,13 +51,32 @@ def _optional(col: Column) -> bool:
     return col.nullable or col.name in IDENTIFIERS or col.name == TARGET
 
 
-def _checker(col: Column) -> Any:
+_NUMERIC = frozenset({"id", "int", "code"})
+COHORT_COLUMN = "discharge_disposition_id"  # schema.is_excluded: its EXCLUDED_DISPOSITIONS are outside the cohort
+
+
+def _json_type_error(col: Column, value: Any) -> str | None:
+    """Why a value is not of the column's JSON type, as the OpenAPI document declares it: a number column takes a
+    JSON number (text such as "6" is CSV's form, which only /predict/batch reads), and an ICD-9 code is matched as
+    sent (the CSV reader's trimming would accept " 428", which the document's pattern refuses)."""
+    if col.kind in _NUMERIC and isinstance(value, str):
+        return f"must be a JSON number, got the text {safe_text(value, 40)!r} (CSV text is read by /predict/batch)"
+    if col.kind == "icd9" and isinstance(value, str) and value != value.strip():
+        return f"must be an ICD-9 code without surrounding spaces, got {safe_text(value, 40)!r}"
+    return None
+
+
+def _checker(col: Column, json_types: bool) -> Any:
+    """The column's validator. With ``json_types`` (the single-encounter routes), values must have the JSON type
+    the document declares; without (a batch item), CSV text is read as the batch job reads it."""
     known: dict[tuple[type, Any], Any] = {}  # accepted raw value → parsed value: a batch repeats the same values
     optional = _optional(col)
 
     def check(value: Any) -> Any:
         if optional and _is_missing(value):  # the identifiers and the outcome, which parse_value calls required
             return None
+        if json_types and (problem := _json_type_error(col, value)):
+            raise PydanticCustomError("uci_value", problem)
         key = (type(value), value)
         try:
             return known[key]
@@ -73,28 +103,35 @@ def _json_schema(col: Column) -> dict[str, Any]:
         schema = {"type": "string", "enum": [*col.allowed, *([MISSING] if col.nullable else [])]}
     elif col.kind == "code":
         assert col.codes is not None
+        # Expired or hospice: parsed, but refused (422, "outside the cohort") by every single-encounter route, so
+        # not among the values this schema allows. A batch item is not held to this schema (see BatchRequest).
+        codes = {k: v for k, v in col.codes.items() if col.name != COHORT_COLUMN or k not in EXCLUDED_DISPOSITIONS}
         # x-labels: what each code means (IDs_mapping.csv), so a form can show "3 · Transferred to SNF"
-        schema = {"type": "integer", "enum": list(col.codes), "x-labels": {str(k): v for k, v in col.codes.items()}}
+        schema = {"type": "integer", "enum": list(codes), "x-labels": {str(k): v for k, v in codes.items()}}
     elif col.kind == "icd9":
         schema = {"type": "string", "pattern": ICD9_PATTERN.pattern + ("|^\\?$" if col.nullable else "")}
     else:
         schema = {"type": "integer", "minimum": col.low, "maximum": col.high}
+    description = col.description
+    if col.name == COHORT_COLUMN:
+        excluded = ", ".join(map(str, sorted(EXCLUDED_DISPOSITIONS)))
+        description += f" ({excluded}, expired or hospice, are outside the model's cohort: a 422 says so)"
     if not _optional(col):
-        return {**schema, "description": col.description}
+        return {**schema, "description": description}
     text = [v for v in (MISSING, "") if not (v == MISSING and col.nullable and col.kind in ("category", "icd9"))]
     branches = [schema, {"type": "null"}, {"type": "string", "enum": text}]
-    return {"anyOf": branches, "description": col.description}  # the page shows descriptions as labels
+    return {"anyOf": branches, "description": description}  # the page shows descriptions as labels
 
 
 # Absent from a request means "not prescribed" / "not measured": what a discharge summary leaves out.
 API_DEFAULTS = {**dict.fromkeys(MEDICATIONS, "No"), "max_glu_serum": "None", "A1Cresult": "None"}
 
 
-def _field(col: Column) -> tuple[Any, Any]:
+def _field(col: Column, json_types: bool) -> tuple[Any, Any]:
     schema = _json_schema(col)
     if col.name in API_DEFAULTS:
         schema["default"] = API_DEFAULTS[col.name]
-    annotated = Annotated[Any, BeforeValidator(_checker(col)), WithJsonSchema(schema)]
+    annotated = Annotated[Any, BeforeValidator(_checker(col, json_types)), WithJsonSchema(schema)]
     default = API_DEFAULTS.get(col.name, None if _optional(col) else ...)
     return annotated, Field(default=default, alias=col.name)
 
@@ -115,7 +152,15 @@ Encounter = create_model(  # type: ignore[call-overload]
     __base__=_EncounterBase,
     __doc__="One hospital encounter in the UCI format (an optional field absent, null, '?' or '' means missing). "
     "`patient_nbr` (optional) lets the service use the patient's earlier encounters; `readmitted` is ignored.",
-    **{_python_name(c.name): _field(c) for c in COLUMNS},
+    **{_python_name(c.name): _field(c, json_types=True) for c in COLUMNS},
+)
+# A /predict/batch item: the same fields, with CSV text read for numbers (the clinician page sends an uploaded
+# file's cells as they are). Not in the OpenAPI document: a batch item that fails is reported in the 200's results.
+BatchEncounter = create_model(  # type: ignore[call-overload]
+    "BatchEncounter",
+    __base__=_EncounterBase,
+    __doc__="One /predict/batch item: an Encounter whose numbers may also be CSV text such as '6'.",
+    **{_python_name(c.name): _field(c, json_types=False) for c in COLUMNS},
 )
 
 
@@ -139,7 +184,13 @@ class Prediction(BaseModel):
 
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    encounters: list[Any] = Field(min_length=1, max_length=MAX_BATCH, description="UCI encounter objects")
+    encounters: list[Any] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description="UCI encounter objects, as for /predict but numbers may also be CSV text ('6'), and "
+        "discharge_disposition_id may be any code. Each item is validated on its own: one that is not a valid, "
+        "in-cohort encounter is reported in the results by index, with the others scored.",
+    )
 
 
 class BatchItem(BaseModel):
@@ -260,12 +311,13 @@ def parse_json(body: bytes | None, limit: int) -> Any:
     return data
 
 
-def parse_encounter_body(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Validate one encounter object; raise ValidationFailed naming every bad field."""
+def parse_encounter_body(data: Any, prefix: str = "", *, batch_item: bool = False) -> dict[str, Any]:
+    """Validate one encounter object (a batch item also reads CSV text for numbers); raise ValidationFailed naming
+    every bad field."""
     if not isinstance(data, dict):
         raise ValidationFailed([Detail(prefix.rstrip(".") or "body", "must be a JSON object of UCI fields")])
     try:
-        return Encounter.model_validate(data).to_record()
+        return (BatchEncounter if batch_item else Encounter).model_validate(data).to_record()
     except ValidationError as exc:
         raise ValidationFailed(_details(exc, prefix)) from None
 

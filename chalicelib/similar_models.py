@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
 from .api_models import Encounter, Factor, _details
 from .errors import ApiError, Detail, ValidationFailed
@@ -21,10 +21,18 @@ class SimilarFilters(BaseModel):
     same_age_band: bool = Field(False, strict=True, description="Only neighbours in the encounter's age band")
 
 
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's integer is any number with a zero fractional part (2020-12 validation, section 6.1.1), so
+    22.0 is one, as the document declares; text ("5") and booleans stay refused by the strict field."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
 class SimilarRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     encounter: Encounter = Field(description="One encounter in the UCI format, as for /predict")
-    k: int = Field(DEFAULT_K, ge=1, le=MAX_K, strict=True, description="How many neighbours")
+    k: Annotated[int, BeforeValidator(_whole_number)] = Field(
+        DEFAULT_K, ge=1, le=MAX_K, strict=True, description="How many neighbours"
+    )
     filters: SimilarFilters = Field(default_factory=SimilarFilters)
 
 

@@ -15,11 +15,12 @@ from chalicelib.api import ReadmitAPI, Request
 from chalicelib.api_models import MAX_BATCH, parse_encounter_body
 from chalicelib.audit import LocalPredictionLog
 from chalicelib.bundle import ModelBundle
+from chalicelib.errors import ValidationFailed
 from chalicelib.features import FEATURE_NAMES, encode, history_in_file
 from chalicelib.history_store import SQLiteHistoryStore
 from chalicelib.identifiers import hash_id
 from chalicelib.model_provider import ModelProvider
-from chalicelib.schema import columns_from_records
+from chalicelib.schema import COLUMNS, columns_from_records
 from chalicelib.service import Predictor
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
@@ -82,7 +83,8 @@ def test_explain_false_skips_the_factors(api: ReadmitAPI) -> None:
         ({"age": "[200-210)"}, "age", "allowed"),
         ({"age": 75}, "age", "must be a string"),
         ({"time_in_hospital": 99}, "time_in_hospital", "between 1 and 14"),
-        ({"number_inpatient": "three"}, "number_inpatient", "integer"),
+        ({"number_inpatient": "three"}, "number_inpatient", "JSON number"),
+        ({"number_inpatient": "3"}, "number_inpatient", "CSV text is read by /predict/batch"),
         ({"number_inpatient": True}, "number_inpatient", "integer"),
         ({"number_inpatient": 2.5}, "number_inpatient", "integer"),
         ({"A1Cresult": "high"}, "A1Cresult", "'>8'"),
@@ -206,13 +208,17 @@ def test_prometheus_metrics_count_predictions_by_tier(api: ReadmitAPI) -> None:
 
 
 def test_the_batch_route_and_single_route_agree(api: ReadmitAPI, raw_frame: pd.DataFrame) -> None:
+    # the batch reads the file's CSV text; the single route takes the same encounters with JSON numbers
     rows = raw_frame.sample(20, random_state=5).to_dict("records")
     rows = [r for r in rows if r["discharge_disposition_id"] not in ("11", "13", "14", "19", "20", "21")]
     for r in rows:
         r.pop("patient_nbr")
     _, batch = post(api, {"encounters": rows}, route="batch", query={"explain": "false"})
-    single = [post(api, r, query={"explain": "false"})[1]["risk"] for r in rows]
+    numeric = {c.name for c in COLUMNS if c.kind in ("id", "int", "code")}
+    typed = [{k: int(v) if k in numeric and v.isdigit() else v for k, v in r.items()} for r in rows]
+    single = [post(api, r, query={"explain": "false"})[1]["risk"] for r in typed]
     np.testing.assert_allclose([x["prediction"]["risk"] for x in batch["results"]], single, atol=1e-9)
+    assert post(api, rows[0])[0] == 422  # text for a number: JSON's types on the single route, as documented
 
 
 def test_each_prediction_is_audited_with_the_model_input_and_reads_back_valid(
@@ -301,6 +307,14 @@ def _validator(name: str) -> Any:
         {"number_inpatient": True},
         {"readmitted": "soon"},
         {"MRN": 1},
+        # found by schemathesis' positive_data_acceptance / negative_data_rejection (issue #20):
+        {"time_in_hospital": "6"},  # CSV text for a number: read by /predict/batch only
+        {"admission_type_id": "1", "encounter_id": "900001"},
+        {"time_in_hospital": 6.0, "number_inpatient": 2.0},  # JSON Schema's integer: zero fractional part
+        {"discharge_disposition_id": 11},  # expired: outside the cohort, so not among the document's values
+        {"discharge_disposition_id": 21},
+        {"discharge_disposition_id": 22},
+        {"diag_1": " 428"},  # the CSV reader trims; the document's pattern does not
     ],
 )
 def test_the_document_accepts_an_encounter_exactly_when_the_server_does(api: ReadmitAPI, change: dict) -> None:
@@ -309,6 +323,21 @@ def test_the_document_accepts_an_encounter_exactly_when_the_server_does(api: Rea
     status, out = post(api, body)
     assert status in (200, 422), out
     assert declared == (status == 200), (change, declared, out)
+
+
+def test_similar_patients_k_is_a_json_schema_integer_so_22_point_0_is_one_and_text_is_not() -> None:
+    # found by schemathesis' positive_data_acceptance: k 22.0 is an integer by JSON Schema 2020-12 (section 6.1.1)
+    from chalicelib.similar_models import parse_similar
+
+    validator = _validator("SimilarRequest")
+    for k, valid in ((22.0, True), (22, True), (22.5, False), ("5", False), (True, False)):
+        body = {"encounter": example(), "k": k}
+        assert validator.is_valid(body) is valid, k
+        if valid:
+            assert parse_similar(body)[0].k == 22
+        else:
+            with pytest.raises(ValidationFailed):
+                parse_similar(body)
 
 
 def test_similar_and_chat_declare_what_the_encounter_must_hold(api: ReadmitAPI) -> None:
