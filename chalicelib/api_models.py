@@ -3,6 +3,7 @@ OpenAPI document accept exactly the same values, and every error names the field
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import sys
@@ -224,7 +225,17 @@ class Health(BaseModel):
 _OBJECT_ERRORS = frozenset({"model_type", "model_attributes_type", "dict_type"})
 
 
-def _details(exc: ValidationError, prefix: str = "") -> list[Detail]:
+ENCOUNTER_FIELDS = tuple(c.name for c in COLUMNS)
+
+
+def unknown_field_message(name: object) -> str:
+    """The answer to a field the encounter does not have, with the closest UCI field name when one is close (a
+    typo such as time_in_hospitl); the suggestion is always a schema name, never the caller's text."""
+    close = difflib.get_close_matches(str(name), ENCOUNTER_FIELDS, n=1, cutoff=0.75)
+    return f"is not a UCI encounter field; did you mean {close[0]!r}?" if close else "is not a UCI encounter field"
+
+
+def _details(exc: ValidationError, prefix: str = "", unknown: str | None = None) -> list[Detail]:
     details = []
     for err in exc.errors(include_url=False):
         # A location may hold a key the caller chose (an unknown field): escaped and capped, as in a log line.
@@ -233,7 +244,7 @@ def _details(exc: ValidationError, prefix: str = "") -> list[Detail]:
         if err["type"] == "missing":
             message = "is required"
         elif err["type"] == "extra_forbidden":
-            message = "is not a UCI encounter field"
+            message = unknown or unknown_field_message(err["loc"][-1] if err["loc"] else "")
         elif err["type"] in _OBJECT_ERRORS:
             message = "must be a JSON object"
         else:
@@ -322,10 +333,20 @@ def parse_encounter_body(data: Any, prefix: str = "", *, batch_item: bool = Fals
         raise ValidationFailed(_details(exc, prefix)) from None
 
 
+BATCH_SHAPE = '{"encounters": [<encounter>, ...]}'
+
+
 def parse_batch_body(data: Any) -> list[Any]:
     if isinstance(data, dict) and isinstance(data.get("encounters"), list) and len(data["encounters"]) > MAX_BATCH:
         raise PayloadTooLarge("encounters", f"has {len(data['encounters'])} items; at most {MAX_BATCH} per batch")
+    # The two shapes people send first: a bare list, and one encounter on its own.
+    if isinstance(data, list):
+        raise ValidationFailed([Detail("body", f"must be {BATCH_SHAPE}: wrap the list in an object")], "invalid batch")
+    if isinstance(data, dict) and "encounters" not in data and set(data) & set(ENCOUNTER_FIELDS):
+        shape = f"must be {BATCH_SHAPE}; this looks like one encounter: send it to /predict or wrap it"
+        raise ValidationFailed([Detail("body", shape)], "invalid batch")
     try:
         return BatchRequest.model_validate(data).encounters
     except ValidationError as exc:
-        raise ValidationFailed(_details(exc), error="invalid batch") from None
+        unknown = f"is not a batch field; the body is {BATCH_SHAPE}"
+        raise ValidationFailed(_details(exc, unknown=unknown), error="invalid batch") from None

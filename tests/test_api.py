@@ -159,6 +159,27 @@ def test_a_batch_body_must_hold_an_encounters_list(api: ReadmitAPI) -> None:
     assert status == 422 and {"encounters", "rows"} <= fields(body)
 
 
+def test_an_unwrapped_batch_body_says_what_shape_is_expected(api: ReadmitAPI) -> None:
+    for body, words in (
+        ([example()], "wrap the list in an object"),  # a bare list of encounters
+        (example(), "looks like one encounter"),  # one encounter sent to the batch route
+        ({"rows": []}, "is not a batch field"),
+    ):
+        status, answer = post(api, body, route="batch")
+        messages = " ".join(d["message"] for d in answer["details"])
+        assert status == 422 and '{"encounters": [<encounter>, ...]}' in messages and words in messages, body
+
+
+def test_an_unknown_field_suggests_the_closest_uci_name_and_only_a_schema_name(api: ReadmitAPI) -> None:
+    typo = {**example(), "time_in_hospitl": 3}
+    status, body = post(api, typo)
+    [detail] = [d for d in body["details"] if d["field"] == "time_in_hospitl"]
+    assert status == 422 and detail["message"].endswith("did you mean 'time_in_hospital'?")
+    status, body = post(api, {**example(), "MRN 69384114 John Smith": 1})
+    [detail] = body["details"]
+    assert detail["message"] == "is not a UCI encounter field"  # nothing close: no guess
+
+
 def test_history_recorded_online_gives_the_same_features_as_batch(api: ReadmitAPI, small_bundle: Path) -> None:
     first = {**example(), "encounter_id": 1000, "patient_nbr": 77, "time_in_hospital": 9, "number_inpatient": 4}
     second = {**example(), "encounter_id": 2000, "patient_nbr": 77}
