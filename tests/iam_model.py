@@ -187,7 +187,10 @@ def handler_permissions(resource_type: str) -> dict[str, list[str]]:
 def service_prefix(resource_type: str) -> str:
     """The IAM prefix of a resource type: the one most of its create permissions use (lambda for Lambda::*)."""
     perms = [p.split(":")[0] for p in handler_permissions(resource_type)["create"]]
-    return max(set(perms), key=perms.count) if perms else resource_type.split("::")[1].lower()
+    own = resource_type.split("::")[1].lower()
+    # On a tie (an event source mapping lists as many sqs:/kafka: permissions as lambda: ones) the type's own
+    # service wins, then the name: never the iteration order of a set, which changes with PYTHONHASHSEED.
+    return max(sorted(set(perms)), key=lambda prefix: (perms.count(prefix), prefix == own)) if perms else own
 
 
 # A few CloudFormation types name their own resource differently in the Service Authorization Reference.

@@ -426,5 +426,9 @@ def test_both_scoring_functions_run_the_same_code_and_the_state_machine_may_invo
     props = resources["BatchScoreStateMachine"]["Properties"]
     invokable = {p["LambdaInvokePolicy"]["FunctionName"]["Ref"] for p in props["Policies"] if "LambdaInvokePolicy" in p}
     substitutions = props["DefinitionSubstitutions"]
-    called = {v["GetAtt"].split(".")[0] for k, v in substitutions.items() if k.endswith("FunctionArn")}
+    # each through its canary-deployed alias (AutoPublishAlias), so Step Functions shifts with the API
+    assert all(
+        v == {"Ref": f"{v['Ref'].split('.')[0]}.Alias"} for k, v in substitutions.items() if k.endswith("FunctionArn")
+    )
+    called = {v["Ref"].split(".")[0] for k, v in substitutions.items() if k.endswith("FunctionArn")}
     assert called == invokable == {f"Batch{step}Function" for step in ("Score", "ScoreMap", "Prepare", "Merge")}

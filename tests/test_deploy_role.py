@@ -129,6 +129,18 @@ ALLOWANCES: tuple[Allowance, ...] = (
         "AWS::Lambda::Function", "lambda:AssociateRuntimeAlias", NEWER_THAN_SAR_COPY + "no runtime alias is used"
     ),
     Allowance(
+        "AWS::CodeDeploy::DeploymentGroup",
+        "codedeploy:RegisterOnPremisesInstance",
+        "on-premises instances belong to EC2/on-premises deployment groups; SAM's Lambda groups name none",
+        _has("OnPremisesInstanceTagFilters"),
+    ),
+    Allowance(
+        "AWS::Lambda::Version",
+        "lambda:PutFunctionScalingConfig",
+        NEWER_THAN_SAR_COPY + "only with FunctionScalingConfig (capacity providers), which no version sets",
+        _has("FunctionScalingConfig"),
+    ),
+    Allowance(
         "AWS::Lambda::Function",
         "lambda:PutFunctionScalingConfig",
         NEWER_THAN_SAR_COPY + "only with FunctionScalingConfig",

@@ -110,7 +110,11 @@ def function_of(template: Template, task: Task) -> str | None:
     substitutions = template.resources[task.machine]["Properties"]["DefinitionSubstitutions"]
     assert placeholder.group(1) in substitutions, f"{task.machine} {task.path}: {target} is not substituted"
     value = substitutions[placeholder.group(1)]
-    assert isinstance(value, dict) and "GetAtt" in value, value
+    assert isinstance(value, dict) and ("GetAtt" in value or "Ref" in value), value
+    if "Ref" in value:  # !Ref Function.Alias: SAM's AutoPublishAlias (the canary-deployed alias of that function)
+        logical_id, attribute = value["Ref"].split(".", 1)
+        assert attribute == "Alias", value
+        return logical_id
     logical_id, attribute = value["GetAtt"].split(".", 1)
     assert attribute == "Arn", value
     return logical_id
