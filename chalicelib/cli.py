@@ -151,19 +151,37 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .batch import predict_file
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .batch import import_xgboost_lean, predict_file
+
+    import_xgboost_lean()  # before anything imports xgboost: scoring needs no scikit-learn (~0.7 s of start-up)
     from .bundle import BundleError
     from .dataset import locate
     from .loader import load_model
     from .model_check import InvalidModel
 
-    try:  # validated in a separate process first: a broken model file is an error message, not a segfault
-        model = load_model(args.model or settings.registry_uri())
-    except (InvalidModel, BundleError) as exc:
-        _err(f"readmit predict: {exc}")
-        return 2
     started = time.perf_counter()
-    counts = predict_file(model, locate(args.data), Path(args.out))
+    # The model is validated in a separate process first (a broken model file is an error message, not a
+    # segfault); the file is read and validated meanwhile. Model errors still win over data errors, as before.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        loading = pool.submit(load_model, args.model or settings.registry_uri())
+        table, data_error = None, None
+        try:
+            from .tabular import read_table
+
+            data = locate(args.data)
+            table = read_table(data, require_target=False)
+        except Exception as exc:  # re-raised below, once the model's verdict is known
+            data_error = exc
+        try:
+            model = loading.result()
+        except (InvalidModel, BundleError) as exc:
+            _err(f"readmit predict: {exc}")
+            return 2
+    if data_error is not None:
+        raise data_error
+    counts = predict_file(model, data, Path(args.out), table=table)
     done = ", ".join(f"{n:,} {status}" for status, n in counts.items())
     _err(f"{done} in {time.perf_counter() - started:.2f}s with model {model.version} → {args.out}")
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -63,7 +63,13 @@ class Table:
 def _check(col: Column, s: pd.Series, nullable: bool) -> tuple[np.ndarray, np.ndarray]:
     """(valid mask, parsed values) for one column. Each distinct value goes through the row parser once,
     so batch and API accept exactly the same values."""
-    codes, uniques = pd.factorize(s)
+    # On the plain object array: pandas' own string dtype factorizes at half the speed, and iterating its
+    # uniques costs ~1 µs a value.
+    codes, unique_array = pd.factorize(s.to_numpy(dtype=object))
+    uniques: list[str] = unique_array.tolist()
+    if col.kind in ("int", "id", "code"):
+        ok, table = _numbers(col, uniques, nullable)
+        return np.append(ok, False)[codes], np.append(table, np.nan)[codes]
     parsed = [parse_value(col, u) for u in uniques]
     ok = np.array(
         [problem is None or (nullable and _is_missing(u)) for u, (_, problem) in zip(uniques, parsed, strict=False)]
@@ -72,11 +78,40 @@ def _check(col: Column, s: pd.Series, nullable: bool) -> tuple[np.ndarray, np.nd
     if col.kind == "category":
         index = {v: i for i, v in enumerate(col.allowed)}
         table = np.array([-1 if v is None else index[v] for v, _ in parsed] + [-1], dtype=np.int16)
-    elif col.kind == "icd9":
-        table = np.array(["" if v is None else v for v, _ in parsed] + [""], dtype="U7")
     else:
-        table = np.array([np.nan if v is None else v for v, _ in parsed] + [np.nan], dtype=np.float64)
+        table = np.array(["" if v is None else v for v, _ in parsed] + [""], dtype="U7")
     return ok[codes], table[codes]
+
+
+_PLAIN_DIGITS = 18  # fits int64 whatever the digits; longer texts take the row parser's path
+
+
+def _numbers(col: Column, uniques: list[str], nullable: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(valid, value as float64) per distinct text of an integer column.
+
+    The common case, plain ASCII digits within the column's range or codes, is answered in numpy: the id
+    columns have ~100k distinct values each, and the row parser's regex on each was ~0.15 s of a predict.
+    Every other text goes through ``parse_value``, so what is accepted is the row parser's decision."""
+    text = np.array(uniques, dtype=str) if uniques else np.empty(0, dtype="U1")
+    ascii_only = text.view(np.uint32).reshape(len(text), -1).max(axis=1, initial=0) < 128
+    length = np.strings.str_len(text)
+    same_text = length == np.fromiter(map(len, uniques), dtype=np.int64, count=len(uniques))  # numpy drops end NULs
+    plain = np.strings.isdigit(text) & ascii_only & same_text & (length <= _PLAIN_DIGITS)
+    values = np.full(len(text), np.nan)
+    numbers = text[plain].astype(np.int64)
+    if col.kind == "code":
+        fits = np.isin(numbers, np.fromiter(col.codes or {}, dtype=np.int64))
+    else:
+        fits = (numbers >= col.low) & (numbers <= col.high)
+    good = np.zeros(len(text), dtype=bool)
+    good[np.flatnonzero(plain)[fits]] = True
+    values[good] = numbers[fits]
+    ok = good.copy()
+    for i in np.flatnonzero(~good).tolist():
+        value, problem = parse_value(col, uniques[i])
+        ok[i] = problem is None or (nullable and _is_missing(uniques[i]))
+        values[i] = np.nan if value is None else value
+    return ok, values
 
 
 def read_table(path: Path, *, require_target: bool) -> Table:
@@ -86,7 +121,7 @@ def read_table(path: Path, *, require_target: bool) -> Table:
     ragged: dict[int, str] = {}
     try:
         with open_text(path) as fh:
-            raw = pd.read_csv(fh, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False)
+            raw = _read_csv(fh)
     except pd.errors.EmptyDataError:
         raise DatasetSchemaError(f"{path} is empty: expected a UCI-format CSV with a header line") from None
     except pd.errors.ParserError:  # ragged rows: the slow path keeps them, marked, instead of failing the file
@@ -98,6 +133,16 @@ def read_table(path: Path, *, require_target: bool) -> Table:
     if missing_cols:
         raise DatasetSchemaError(_schema_message(path, [str(c) for c in raw.columns], missing_cols, required))
     return validate_frame(raw, require_target=require_target, ragged=ragged)
+
+
+def _read_csv(fh: IO[str]) -> pd.DataFrame:
+    """Every field as the string written. pandas' C parser is given the bytes under the text stream when there
+    are some (~25% faster than through the text layer): it decodes them as strict UTF-8 itself, so a non-UTF-8
+    file still raises UnicodeDecodeError, and a BOM is dropped either way."""
+    source = getattr(fh, "buffer", fh)
+    return pd.read_csv(
+        source, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False, encoding="utf-8"
+    )
 
 
 def _read_ragged(path: Path) -> tuple[pd.DataFrame, dict[int, str]]:
