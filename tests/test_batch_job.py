@@ -364,25 +364,27 @@ def _simulate_distributed_map(aws: Aws, prepared: dict[str, Any], run_id: str) -
     ]
 
 
+def _score_both_ways(aws: Aws, data: bytes, name: str) -> tuple[dict, list, dict]:
+    """Upload ``data`` twice and score it by one Lambda (incoming/small/) and by prepare → Distributed Map
+    (simulated: moto cannot run ItemBatcher) → merge (incoming/large/); (prepared, map results, merge notice)."""
+    small, large = fixture("batch_score_job.json"), fixture("batch_prepare_job.json")
+    small |= {"key": f"incoming/small/{name}", "run_id": "run-small"}
+    large |= {"key": f"incoming/large/{name}", "run_id": "run-large"}
+    aws.put(small["key"], data)
+    aws.put(large["key"], data)
+    handler("batch_score")(small, Context())
+    prepared = handler("batch_prepare")(large, Context())
+    results = _simulate_distributed_map(aws, prepared, large["run_id"])
+    merge_input = fixture("batch_merge_input.json") | {k: large[k] for k in ("key", "run_id")} | {"prepared": prepared}
+    return prepared, results, handler("batch_merge")(merge_input, Context())
+
+
 def test_prepare_batches_and_merge_write_the_same_scored_file_as_the_single_lambda_path(
     aws: Aws, discharges: Path
 ) -> None:
-    data = discharges.read_bytes()
-    small, large = fixture("batch_score_job.json"), fixture("batch_prepare_job.json")
-    small |= {"key": "incoming/small/list.csv", "run_id": "run-small"}
-    large |= {"key": "incoming/large/list.csv", "run_id": "run-large"}
-    aws.put(small["key"], data)
-    aws.put(large["key"], data)
-
-    # one Lambda
-    handler("batch_score")(small, Context())
-    # prepare → Distributed Map (simulated: moto cannot run ItemBatcher) → merge
-    prepared = handler("batch_prepare")(large, Context())
+    prepared, results, notice = _score_both_ways(aws, discharges.read_bytes(), "list.csv")
     assert prepared["rows"] == 2501 and prepared["model_version"] == aws.version
-    results = _simulate_distributed_map(aws, prepared, large["run_id"])
     assert [r["rows"] for r in results] == [1000, 1000, 501]
-    merge_input = fixture("batch_merge_input.json") | {k: large[k] for k in ("key", "run_id")} | {"prepared": prepared}
-    notice = handler("batch_merge")(merge_input, Context())
 
     one = aws.get("scored/small/list.csv")
     many = aws.get("scored/large/list.csv")
@@ -606,18 +608,7 @@ def test_rows_with_backslashes_quoted_commas_and_doubled_quotes_reach_the_batche
 
 
 def test_both_batch_paths_score_a_list_with_backslashes_and_quotes_into_the_same_file(aws: Aws) -> None:
-    data = _odd_list().encode()
-    small, large = fixture("batch_score_job.json"), fixture("batch_prepare_job.json")
-    small |= {"key": "incoming/small/odd.csv", "run_id": "run-small"}
-    large |= {"key": "incoming/large/odd.csv", "run_id": "run-large"}
-    aws.put(small["key"], data)
-    aws.put(large["key"], data)
-
-    handler("batch_score")(small, Context())
-    prepared = handler("batch_prepare")(large, Context())
-    _simulate_distributed_map(aws, prepared, large["run_id"])
-    merge_input = fixture("batch_merge_input.json") | {k: large[k] for k in ("key", "run_id")} | {"prepared": prepared}
-    handler("batch_merge")(merge_input, Context())
+    _score_both_ways(aws, _odd_list().encode(), "odd.csv")
 
     one, many = aws.get("scored/small/odd.csv"), aws.get("scored/large/odd.csv")
     assert one == many
