@@ -39,8 +39,10 @@ class SimilarRequest(BaseModel):
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     encounter: Encounter = Field(description="One encounter in the UCI format, as for /predict")
-    question: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUESTION)] = Field(
-        description="The clinician's question"
+    # Checked as sent (no stripping) so the document's limits are the server's: at most MAX_QUESTION characters, at
+    # least one that is not whitespace (pattern \S; a question of only whitespace is refused by both).
+    question: Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUESTION, pattern=r"\S")] = Field(
+        description="The clinician's question (at least one character that is not whitespace)"
     )
 
 

@@ -401,3 +401,22 @@ def test_a_batch_over_the_item_limit_answers_the_413_the_document_lists(api: Rea
         ]
         == MAX_BATCH
     )
+
+
+@pytest.mark.parametrize(
+    ("question", "valid"),
+    [("Why is the risk high?", True), ("\n", False), ("   ", False), (" why? ", True), ("x" * 1000, True),
+     ("x" * 1001, False), (" " + "x" * 1000, False)],  # fmt: skip
+)
+def test_the_document_accepts_a_chat_question_exactly_when_the_server_does(question: str, valid: bool) -> None:
+    """Found by schemathesis in a fresh clone: "\\n" met the document's minLength 1 but the server, which stripped
+    whitespace first, refused it. Both now check the question as sent."""
+    from chalicelib.similar_models import parse_chat
+
+    body = {"encounter": example(), "question": question}
+    assert _validator("ChatRequest").is_valid(body) is valid, repr(question)
+    if valid:
+        parse_chat(body)
+    else:
+        with pytest.raises(ValidationFailed):
+            parse_chat(body)
