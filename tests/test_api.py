@@ -405,8 +405,15 @@ def test_a_batch_over_the_item_limit_answers_the_413_the_document_lists(api: Rea
 
 @pytest.mark.parametrize(
     ("question", "valid"),
-    [("Why is the risk high?", True), ("\n", False), ("   ", False), (" why? ", True), ("x" * 1000, True),
-     ("x" * 1001, False), (" " + "x" * 1000, False)],  # fmt: skip
+    [
+        ("Why is the risk high?", True),
+        ("\n", False),
+        ("   ", False),
+        (" why? ", True),
+        ("x" * 1000, True),
+        ("x" * 1001, False),
+        (" " + "x" * 1000, False),
+    ],
 )
 def test_the_document_accepts_a_chat_question_exactly_when_the_server_does(question: str, valid: bool) -> None:
     """Found by schemathesis in a fresh clone: "\\n" met the document's minLength 1 but the server, which stripped
