@@ -260,22 +260,46 @@ def _http_failure(response: HttpResponse) -> str:
     return f"HTTP {response.status}" + (f": {str(said)[:160]}" if said else "") + hint
 
 
+def _answer(
+    http: Http,
+    name: str,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    model: type[BaseModel],
+    what: str,
+) -> tuple[Any, Check | None]:
+    """Call the API and parse its 200 answer as ``model``: (the answer, None), or (None, the FAIL that says why)."""
+    try:
+        response = http(method, url, headers=headers, body=body, timeout=HTTP_TIMEOUT)
+    except Unreachable as exc:
+        return None, Check(name=name, status="FAIL", detail=f"cannot reach {url}: {exc}")
+    if response.status != 200:
+        return None, Check(name=name, status="FAIL", detail=_http_failure(response))
+    try:
+        return model.model_validate(_json_body(response)), None
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False)[:3])
+        return None, Check(name=name, status="FAIL", detail=f"HTTP 200 but not {what} ({where})")
+
+
 def check_health(http: Http, api_url: str) -> Check:
     """GET /health needs no key (template.yaml: Auth ApiKeyRequired false); ``ready`` says a model is loaded."""
     from .api_models import Health
 
-    try:
-        response = http(
-            "GET", f"{api_url}/health", headers={"Accept": "application/json"}, body=None, timeout=HTTP_TIMEOUT
-        )
-    except Unreachable as exc:
-        return Check(name="health", status="FAIL", detail=f"cannot reach {api_url}/health: {exc}")
-    if response.status != 200:
-        return Check(name="health", status="FAIL", detail=_http_failure(response))
-    try:
-        health = Health.model_validate(_json_body(response))
-    except ValidationError:
-        return Check(name="health", status="FAIL", detail="HTTP 200 but not a readmit health answer")
+    health, failed = _answer(
+        http,
+        "health",
+        "GET",
+        f"{api_url}/health",
+        {"Accept": "application/json"},
+        None,
+        Health,
+        "a readmit health answer",
+    )
+    if failed:
+        return failed
     if not health.ready:
         detail = "API answers but has no model loaded: no champion yet (a retraining promotes the first one)"
         return Check(name="health", status="FAIL", detail=detail)
@@ -291,17 +315,11 @@ def check_predict(http: Http, api_url: str, api_key: str | None) -> Check:
         return Check(name="predict", status="SKIP", detail="no API key to call it with")
     headers = {"Content-Type": "application/json", "Accept": "application/json", "x-api-key": api_key}
     body = json.dumps(example_encounter()).encode()
-    try:
-        response = http("POST", f"{api_url}/predict", headers=headers, body=body, timeout=HTTP_TIMEOUT)
-    except Unreachable as exc:
-        return Check(name="predict", status="FAIL", detail=f"cannot reach {api_url}/predict: {exc}")
-    if response.status != 200:
-        return Check(name="predict", status="FAIL", detail=_http_failure(response))
-    try:
-        prediction = Prediction.model_validate(_json_body(response))
-    except ValidationError as exc:
-        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False)[:3])
-        return Check(name="predict", status="FAIL", detail=f"HTTP 200 but not a prediction ({where})")
+    prediction, failed = _answer(
+        http, "predict", "POST", f"{api_url}/predict", headers, body, Prediction, "a prediction"
+    )
+    if failed:
+        return failed
     detail = f"HTTP 200: risk {prediction.risk:.3f}, tier {prediction.risk_tier}, model {prediction.model_version}"
     return Check(name="predict", status="PASS", detail=detail)
 

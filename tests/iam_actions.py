@@ -27,7 +27,6 @@ import contextlib
 import fnmatch
 import functools
 import inspect
-import json
 import re
 import threading
 from collections import deque
@@ -1130,17 +1129,11 @@ def collect_calls(module: str, path: Path, attribute: str) -> CodeCalls:
 # ---- 2. operation → IAM actions ---------------------------------------------------------------------------------
 @functools.cache
 def iam_definition() -> dict[str, set[str]]:
-    """The Service Authorization Reference as parliament ships it offline: service prefix → its actions."""
-    import importlib.util
+    """The Service Authorization Reference as parliament ships it offline: service prefix → its actions (read once,
+    by tests/iam_model.py, which the deploy-role and lint tests share)."""
+    from tests.iam_model import _sar
 
-    spec = importlib.util.find_spec("parliament")  # not imported: its __init__ needs setuptools' pkg_resources
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("parliament (the dev extra) ships the Service Authorization Reference offline")
-    data = json.loads((Path(spec.submodule_search_locations[0]) / "iam_definition.json").read_text())
-    actions: dict[str, set[str]] = {}
-    for service in data:
-        actions.setdefault(service["prefix"], set()).update(p["privilege"] for p in service["privileges"])
-    return actions
+    return {prefix: {p["privilege"] for s in services for p in s["privileges"]} for prefix, services in _sar().items()}
 
 
 def known_action(action: str) -> bool:
