@@ -87,6 +87,7 @@ def _download(target: Path) -> Path:
             shutil.copyfileobj(resp, out)
         try:
             _store_official(archive, target)
+            _keep_ids_mapping(archive)
         except (zipfile.BadZipFile, EOFError) as exc:
             raise DatasetError(f"the download from {UCI_URL} is not a valid zip archive ({exc})") from exc
     return target
@@ -111,7 +112,29 @@ def keep_in_cache(path: Path) -> Path:
     cached = cache_dir() / CSV_MEMBER
     if not cached.exists() and path.resolve() != cached.resolve():
         _store_official(path, cached)
+    if path.suffix == ".zip" and zipfile.is_zipfile(path):
+        _keep_ids_mapping(path)
     return cached
+
+
+IDS_MAPPING_MEMBER = "IDs_mapping.csv"
+
+
+def _keep_ids_mapping(archive: Path) -> None:
+    """The zip's IDs_mapping.csv (the code descriptions explanations use) beside the cached CSV, so that a clone
+    without the zip can still check chalicelib/ids_mapping.json against the data set's own file."""
+    target = cache_dir() / IDS_MAPPING_MEMBER
+    if target.exists():
+        return
+    with zipfile.ZipFile(archive) as zf:
+        member = next((m for m in zf.namelist() if m.lower().endswith(IDS_MAPPING_MEMBER.lower())), None)
+        if member is None:
+            return
+        text = zf.read(member)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(text)
+    os.replace(tmp, target)
 
 
 @contextmanager

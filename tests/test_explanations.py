@@ -25,7 +25,7 @@ from chalicelib.api_models import parse_encounter_body
 from chalicelib.batch_output import short_factors
 from chalicelib.bundle import ModelBundle
 from chalicelib.chat import ungrounded
-from chalicelib.dataset import SHARED_COPY
+from chalicelib.dataset import IDS_MAPPING_MEMBER, SHARED_COPY, cache_dir
 from chalicelib.explain import (
     CONCEPT_BY_ID,
     CONCEPTS,
@@ -63,8 +63,11 @@ def features(record: dict[str, Any]) -> dict[str, float]:
 # ---- IDs_mapping.csv ------------------------------------------------------------------------------------------
 def _ids_mapping_csv(data_path: Path) -> str:
     source = SHARED_COPY if SHARED_COPY.exists() else data_path
-    if source.suffix != ".zip":
-        pytest.fail(f"IDs_mapping.csv is only in the UCI zip; {source} is not one")
+    if source.suffix != ".zip":  # a clone without the zip: `readmit data` kept the zip's mapping in the cache
+        kept = cache_dir() / IDS_MAPPING_MEMBER
+        if not kept.exists():
+            pytest.fail(f"IDs_mapping.csv is only in the UCI zip; {source} is not one and {kept} does not exist")
+        return kept.read_bytes().decode("utf-8")
     with zipfile.ZipFile(source) as zf:
         member = next(m for m in zf.namelist() if m.lower().endswith("ids_mapping.csv"))
         return zf.read(member).decode("utf-8")
