@@ -202,10 +202,13 @@ def test_download_fetches_verifies_and_caches_the_csv(
     # WHEN the data set is located
     found = locate()
 
-    # THEN the CSV is downloaded once into the cache, verified, and nothing else is left there
+    # THEN the CSV is downloaded once into the cache, verified, and beside it only the zip's code descriptions
     assert found == offline / CSV_MEMBER
     assert content_sha256(found) == CONTENT_SHA256
-    assert files_in(offline) == [found]
+    with zipfile.ZipFile(server.root / "uci.zip") as zf:
+        has_mapping = any(m.lower().endswith("ids_mapping.csv") for m in zf.namelist())
+    expected = sorted([found, *([offline / "IDs_mapping.csv"] if has_mapping else [])])
+    assert files_in(offline) == expected
     assert server.requests == ["/uci.zip"]
     # AND the next call uses the cache
     assert locate() == found
