@@ -11,7 +11,7 @@ from chalice import Chalice
 from chalice import Response as ChaliceResponse
 from chalice.app import Request as ChaliceRequest
 
-from chalicelib import telemetry
+from chalicelib import post_invoke, snapstart, telemetry
 from chalicelib.api import ReadmitAPI, Request, Response
 
 app = Chalice(app_name="readmit-api")  # not "readmit": Chalice would set the Powertools logger to ERROR
@@ -19,6 +19,9 @@ app.debug = False  # never send stack traces to callers
 ANY = ["*/*"]  # accept every Content-Type so a wrong one gets our 415 body, not Chalice's
 CATCH_ALL = "/{proxy+}"  # template.yaml's CatchAll event: API Gateway sends every path no other resource has here
 _api: ReadmitAPI | None = None
+# On Lambda: an internal extension that sends the prediction log after each response (chalicelib/post_invoke.py);
+# registered during Init, before the SnapStart hooks build the API, so the API's log defers to it. A no-op elsewhere.
+post_invoke.start()
 
 
 def api() -> ReadmitAPI:
@@ -29,10 +32,21 @@ def api() -> ReadmitAPI:
     return _api
 
 
+# Lambda SnapStart: build and warm the API before the version's snapshot; renew per-environment state after each
+# restore (chalicelib/snapstart.py). Registers nothing off Lambda or without the runtime's snapshot_restore_py.
+snapstart.register(api)
+
+
 def _request() -> Request:
     r = app.current_request
-    request_id = (r.context or {}).get("requestId") or uuid.uuid4().hex
-    return Request(r.raw_body, dict(r.headers or {}), dict(r.query_params or {}), request_id)
+    context = r.context or {}
+    request_id = context.get("requestId") or uuid.uuid4().hex
+    # API Gateway's Cognito authorizer puts the verified token's claims here (Lambda proxy integration input format)
+    claims = (context.get("authorizer") or {}).get("claims")
+    stage_vars = dict(r.stage_vars or {})
+    return Request(
+        r.raw_body, dict(r.headers or {}), dict(r.query_params or {}), request_id, claims, stage_vars=stage_vars
+    )
 
 
 def _respond(response: Response) -> ChaliceResponse:
@@ -44,14 +58,18 @@ def _respond(response: Response) -> ChaliceResponse:
 @app.middleware("http")
 def unrouted(event: ChaliceRequest, get_response: Callable[[ChaliceRequest], ChaliceResponse]) -> ChaliceResponse:
     """Requests no route below serves (the catch-all resource, or a method the route lacks) get the API's 404 or
-    405, not Chalice's 405 with an empty Allow header."""
-    if event.method in app.routes.get(event.path, {}):  # event.path is the API Gateway resource
-        return get_response(event)
-    path = event.path
-    if path == CATCH_ALL:  # API Gateway passes the rest of the path as the "proxy" path parameter
-        path = "/" + ((event.uri_params or {}).get("proxy") or "")
-    routes = {route: list(methods) for route, methods in app.routes.items()}
-    return _respond(api().unrouted(_request(), path, event.method, routes))
+    405, not Chalice's 405 with an empty Allow header. Every invocation ends by telling the post-invoke extension
+    that its records are queued (any path, Chalice's own errors included: else it would wait for the deadline)."""
+    try:
+        if event.method in app.routes.get(event.path, {}):  # event.path is the API Gateway resource
+            return get_response(event)
+        path = event.path
+        if path == CATCH_ALL:  # API Gateway passes the rest of the path as the "proxy" path parameter
+            path = "/" + ((event.uri_params or {}).get("proxy") or "")
+        routes = {route: list(methods) for route, methods in app.routes.items()}
+        return _respond(api().unrouted(_request(), path, event.method, routes))
+    finally:
+        post_invoke.invocation_done()
 
 
 def local_server(config: Any, host: str, port: int) -> Any:

@@ -7,6 +7,12 @@ cold start in a new process; batch-route throughput. Prints the figures.
 
 Targets (issue #3): /predict with factors p50 ≤ 1 ms, p99 ≤ 3 ms over ≥ 2,000 calls; cold start ≤ 0.8 s;
 batch ≥ 5,000 encounters/s.
+
+    .venv/bin/python benchmarks/api_latency.py --model DIR --log-compare [--put-ms 20]
+        (issue #16: /predict with each prediction log, nothing else: the local folder; the per-request S3 object,
+        against a stub S3 client whose put_object sleeps --put-ms; the Firehose stream, against a stub client
+        whose PutRecordBatch sleeps --put-ms, flushed after each call as the Lambda extension does after the
+        response. The stubs make the network's cost visible without a network: the figure is an assumption.)
 """
 
 from __future__ import annotations
@@ -68,6 +74,9 @@ def main() -> None:
         "--data", help="UCI file for the real-encounter batch (default: wherever `readmit data` finds it)"
     )
     parser.add_argument("--batches", type=int, default=20, help="timed batch requests per batch kind")
+    parser.add_argument("--log-compare", action="store_true", help="only /predict under each prediction log")
+    parser.add_argument("--auth-compare", action="store_true", help="only /predict under each authenticator")
+    parser.add_argument("--put-ms", type=float, default=20.0, help="stub S3 PUT / Firehose PutRecordBatch time")
     args = parser.parse_args()
     home = tempfile.mkdtemp()
     os.environ.update(
@@ -84,6 +93,12 @@ def main() -> None:
     os.environ["READMIT_MODEL"] = model_dir
 
     print(machine_speed())
+    if args.log_compare:
+        compare_logs(args.calls, args.put_ms)
+        return
+    if args.auth_compare:
+        compare_auth(args.calls)
+        return
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONWARNINGS": "ignore"}
     code_root = str(Path(args.package).resolve()) if args.package else str(ROOT)
     cold = [
@@ -181,6 +196,134 @@ def main() -> None:
             f"/predict/batch, {name}, with factors: best {min(times) * 1000:.0f} ms → "
             f"{500 / min(times):,.0f} encounters/s (median {500 / np.median(times):,.0f}/s over {args.batches})"
         )
+
+
+class SleepingS3:
+    """put_object as the per-request S3 log calls it, taking a fixed time (a same-Region PUT)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def put_object(self, **_: Any) -> dict[str, Any]:
+        time.sleep(self.seconds)
+        return {"ETag": '"stub"'}
+
+
+class SleepingFirehose:
+    """PutRecordBatch taking a fixed time, answering with the documented shape (every record accepted)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def put_record_batch(self, DeliveryStreamName: str, Records: list[dict[str, bytes]]) -> dict[str, Any]:
+        time.sleep(self.seconds)
+        return {"FailedPutCount": 0, "RequestResponses": [{"RecordId": str(i)} for i in range(len(Records))]}
+
+
+def compare_logs(calls: int, put_ms: float) -> None:
+    """/predict (warm, with factors) under each prediction log; for Firehose, the flush the Lambda extension runs
+    after the response is timed apart: it is billed duration, not latency."""
+    sys.path.insert(0, str(ROOT))
+    import app
+    from chalicelib.audit import LocalPredictionLog, S3PredictionLog
+    from chalicelib.post_invoke import PostInvoke
+    from chalicelib.prediction_stream import FirehosePredictionLog
+
+    class Context:
+        aws_request_id = "bench"
+        function_name = "readmit-api"
+        memory_limit_in_mb = 1024
+        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit-api"
+
+    event = json.loads(EVENT.read_text())
+    predictor = app.api().predictor
+    firehose = FirehosePredictionLog("bench", SleepingFirehose(put_ms / 1000), mode="deferred", hooks=PostInvoke())
+    logs = {
+        "local folder log": LocalPredictionLog(Path(tempfile.mkdtemp())),
+        f"S3 object per request (stub PUT {put_ms:g} ms)": S3PredictionLog(
+            "bench", "predictions", SleepingS3(put_ms / 1000)
+        ),
+        f"Firehose stream (stub PutRecordBatch {put_ms:g} ms)": firehose,
+    }
+    for name, log in logs.items():
+        predictor.log = log
+        for _ in range(50):
+            app.app(event, Context())
+            firehose.flush()
+        request: list[float] = []
+        after: list[float] = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            response = app.app(event, Context())
+            request.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            if log is firehose:
+                firehose.flush()  # what the extension does once the response has gone
+            after.append(time.perf_counter() - started)
+        assert response["statusCode"] == 200, response
+        print(f"/predict, {calls} calls, {name}: {percentiles(request)}")
+        if log is firehose:
+            print(f"    flush after the response (billed, not waited for): {percentiles(after)}")
+
+
+def compare_auth(calls: int) -> None:
+    """/predict (warm, with factors) through app.app(event) under each authenticator, interleaved in blocks of 100
+    so the machine's drift falls on all: none; API Gateway's claims (what the function does on AWS: read the claims,
+    hash the subject); a dev HS256 token and a Cognito-style RS256 token verified in the process (a container)."""
+    sys.path.insert(0, str(ROOT))
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    import app
+    from chalicelib import auth
+
+    class Context:
+        aws_request_id = "bench"
+        function_name = "readmit-api"
+        memory_limit_in_mb = 1024
+        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit-api"
+
+    event = json.loads(EVENT.read_text())
+    claims = event["requestContext"]["authorizer"]["claims"]
+    bare = {**event, "requestContext": {k: v for k, v in event["requestContext"].items() if k != "authorizer"}}
+    dev = auth.DevAuth("benchmark-secret-of-at-least-thirty-two-characters")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    issuer = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_Bench"
+    rs256 = jwt.encode(
+        {
+            **{k: claims[k] for k in ("sub", "client_id", "token_use", "scope")},
+            "iss": issuer,
+            "exp": int(time.time()) + 3600,
+        },
+        key,
+        algorithm="RS256",
+        headers={"kid": "k1"},
+    )
+    jwks = auth.JwksAuth(issuer, frozenset({claims["client_id"]}), jwks_url="http://127.0.0.1:9/unused")
+    jwks.key_for = lambda _token: key.public_key()  # the key set as PyJWKClient caches it after the first fetch
+
+    def with_token(token: str) -> dict[str, Any]:
+        return {**bare, "headers": {**bare["headers"], "Authorization": f"Bearer {token}"}}
+
+    cases = {
+        "no authentication (local default)": (auth.Authenticator(), bare),
+        "API Gateway's verified claims (on AWS)": (auth.ApiGatewayAuth(), event),
+        "dev HS256 token verified in process": (dev, with_token(dev.issue("bench"))),
+        "Cognito RS256 token verified in process (jwks, key cached)": (jwks, with_token(rs256)),
+    }
+    api = app.api()
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for name, (checker, ev) in cases.items():  # warm each path and check it answers 200
+        api.auth = checker
+        assert app.app(ev, Context())["statusCode"] == 200, name
+    for _ in range(max(1, calls // 100)):
+        for name, (checker, ev) in cases.items():
+            api.auth = checker
+            samples[name] += timed(lambda ev=ev: app.app(ev, Context()), 100)
+    base = np.percentile(samples[next(iter(cases))], 50)
+    for name, times in samples.items():
+        extra = (np.percentile(times, 50) - base) * 1000
+        print(f"/predict, {len(times)} calls, {name}: {percentiles(times)}; p50 vs none {extra:+.3f} ms")
 
 
 class LambdaStdout:

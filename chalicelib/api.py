@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from . import card, telemetry
+from . import auth, card, telemetry
 from .api_models import (
     MAX_BATCH_BODY_BYTES,
     MAX_BODY_BYTES,
@@ -27,7 +27,6 @@ from .api_models import (
     parse_encounter_body,
     parse_json,
 )
-from .audit import open_prediction_log
 from .chat import Explainer, Facts
 from .errors import (
     ApiError,
@@ -43,7 +42,8 @@ from .features import FEATURES
 from .history_store import open_history_store
 from .model_provider import DEFAULT_CHECK_INTERVAL, ModelProvider
 from .openapi import document
-from .page import clinician_page
+from .page import clinician_page, page_auth
+from .prediction_stream import open_api_prediction_log
 from .schema import COLUMN_NAMES, IDENTIFIERS
 from .service import Predictor, cohort_error
 from .settings import ENV_MODEL, ENV_REGISTRY, registry_uri
@@ -63,7 +63,7 @@ SCHEMA_NAMES = frozenset(
         *SimilarRequest.model_fields,
         *ChatRequest.model_fields,
         *SimilarFilters.model_fields,
-        *("body", "Content-Type", "explain", "record", "model", "index", "path", "method"),
+        *("body", "Content-Type", "Authorization", "explain", "record", "model", "index", "path", "method"),
     }
 )
 _WHERE = re.compile(r"(?:encounters\[\d+\]\.|encounter\.|filters\.)?(.*)", re.DOTALL)  # where in the body
@@ -111,6 +111,11 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     query: Mapping[str, str] = field(default_factory=dict)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Verified token claims API Gateway's authorizer passed in the event (requestContext.authorizer.claims)
+    claims: Mapping[str, Any] | None = None
+    # API Gateway stage variables (the page's sign-in settings: authDomain, authClientId); empty locally
+    stage_vars: Mapping[str, str] = field(default_factory=dict)
+    identity: auth.Identity = auth.ANONYMOUS  # set by ReadmitAPI once the caller is authorized
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
@@ -157,9 +162,14 @@ def _require_json(request: Request) -> None:
 
 class ReadmitAPI:
     def __init__(
-        self, predictor: Predictor, similar: SimilarPatients | None = None, explainer: Explainer | None = None
+        self,
+        predictor: Predictor,
+        similar: SimilarPatients | None = None,
+        explainer: Explainer | None = None,
+        authenticator: auth.Authenticator | None = None,
     ) -> None:
         self.predictor = predictor
+        self.auth = authenticator if authenticator is not None else auth.Authenticator()
         self.provider = predictor.provider
         # /chat explains without the audit log: /predict is the prediction of record.
         self._explaining = Predictor(self.provider, predictor.history, None)
@@ -184,10 +194,13 @@ class ReadmitAPI:
             check_interval=float(env.get(ENV_CHECK_INTERVAL, DEFAULT_CHECK_INTERVAL)),
         )
         provider.status.listeners.append(lambda _old, new: (telemetry.MODEL_SWAPS.inc(), _set_info(new)))
-        api = cls(Predictor(provider, open_history_store(None), open_prediction_log(None)))
+        authenticator = auth.from_env(env)  # a wrong setting stops the start, before any model is loaded
+        predictor = Predictor(provider, open_history_store(None), open_api_prediction_log(None))
+        api = cls(predictor, authenticator=authenticator)
         provider.current()  # load the champion once per process, before the first request
         # What is loaded now lives as long as the process: keep it out of every later garbage collection, whose
         # full passes otherwise walk all of it in the middle of a request (milliseconds at p99).
+        gc.collect()  # what the first load left as garbage (cycles in its clients) goes now, not frozen forever
         gc.freeze()
         return api
 
@@ -239,7 +252,10 @@ class ReadmitAPI:
         return self._handle("/model", request, run)
 
     def metrics(self, request: Request) -> Response:
-        return Response(200, telemetry.prometheus_text().decode(), "text/plain; version=0.0.4")
+        def run(_r: Request) -> Response:
+            return Response(200, telemetry.prometheus_text().decode(), "text/plain; version=0.0.4")
+
+        return self._handle("/metrics", request, run)
 
     def openapi(self, request: Request) -> Response:
         return Response(200, document())
@@ -248,7 +264,7 @@ class ReadmitAPI:
         """The clinician page (HTML with its CSS and JS inlined; public, like /health)."""
 
         def run(_r: Request) -> Response:
-            html, headers = clinician_page()
+            html, headers = clinician_page(page_auth(self.auth.mode, request.stage_vars))
             return Response(200, html, "text/html; charset=utf-8", dict(headers))
 
         return self._handle("/", request, run)
@@ -293,7 +309,12 @@ class ReadmitAPI:
             _recordable(record)
         model = self.predictor.model()
         [scored] = self.predictor.score(
-            model, [record], explain=explain, request_id=request.request_id, remember=remember
+            model,
+            [record],
+            explain=explain,
+            request_id=request.request_id,
+            remember=remember,
+            caller=request.identity.caller,
         )
         telemetry.record_prediction([scored.tier], model.version)
         return Response(200, _prediction(scored, model, request.request_id))
@@ -319,7 +340,12 @@ class ReadmitAPI:
         model = self.predictor.model()
         if valid:
             scored = self.predictor.score(
-                model, [r for _, r in valid], explain=explain, request_id=request.request_id, remember=remember
+                model,
+                [r for _, r in valid],
+                explain=explain,
+                request_id=request.request_id,
+                remember=remember,
+                caller=request.identity.caller,
             )
             for (i, _), s in zip(valid, scored, strict=True):
                 results[i]["prediction"] = _prediction(s, model, request.request_id)
@@ -370,6 +396,7 @@ class ReadmitAPI:
             "answer": answer.text,
             "source": answer.source,
             "fallback_reason": answer.fallback_reason,
+            "guardrail": answer.guardrail.body() if answer.guardrail else None,
             "risk": round(scored.risk, 6),
             "risk_tier": scored.tier,
             "top_factors": factors,
@@ -381,6 +408,8 @@ class ReadmitAPI:
     def _handle(self, route: str, request: Request, run: Callable[[Request], Response]) -> Response:
         started = time.perf_counter()
         try:
+            # who is calling comes first: a stranger learns nothing from a 4xx about the body or the model
+            request.identity = self.auth.authorize(route, request.header("authorization"), request.claims)
             response = run(request)
         except ApiError as exc:
             known, unknown = loggable_fields(exc.details)

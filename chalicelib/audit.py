@@ -4,17 +4,21 @@ Records hold hashes, never identifiers, plus the feature vector the model saw. N
 written as JSON null and read back as NaN. Records are partitioned by their UTC day (``dt=YYYY-MM-DD``) so a
 time window reads only its days; the layout is the same in a local folder (JSON Lines, appended) and on S3
 (one object per append, because S3 objects cannot be appended to).
+
+The API writes through Amazon Data Firehose instead (chalicelib/prediction_stream.py, ``firehose://STREAM``),
+which delivers JSON Lines objects into the same ``dt=`` partitions of the S3 log, so S3PredictionLog reads both.
 """
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import re
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -23,11 +27,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from . import settings
 from .storage import S3Storage
 
-ENV_PREDICTION_LOG = "READMIT_PREDICTION_LOG"  # s3://bucket/prefix or a folder
+ENV_PREDICTION_LOG = "READMIT_PREDICTION_LOG"  # s3://bucket/prefix or a folder (the API: also firehose://stream)
+FIREHOSE_SCHEME = "firehose://"
 DEFAULT_FOLDER = "predictions"
 AUDIT_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed-width UTC: records sort by time as strings
 _PARTITION = re.compile(r"dt=(\d{4}-\d{2}-\d{2})")
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_OWN_SUFFIX = ".jsonl"  # S3PredictionLog.append's objects; Firehose's have no extension, ".gz" or ".jsonl.gz"
+_GZIP_MAGIC = b"\x1f\x8b"  # RFC 1952 member header: Firehose's CompressionFormat GZIP, whatever the key's extension
+
+# Firehose names a partition after "the approximate arrival timestamp of the oldest record that's contained in the
+# Amazon S3 object being written" (https://docs.aws.amazon.com/firehose/latest/dev/s3-prefixes.html), in UTC, not
+# after a record's own time. So a record can sit in the partition of a day *before* its ``at`` (an older record in
+# the same buffer, at most one buffering interval older: BufferingHints.IntervalInSeconds is at most 900, see
+# https://docs.aws.amazon.com/firehose/latest/APIReference/API_BufferingHints.html) or *after* it (it reached
+# Firehose after midnight: queued in the API, retried). A read therefore also opens those neighbouring partitions
+# for Firehose's objects and still filters every record by its ``at``.
+FIREHOSE_MAX_BUFFER = timedelta(seconds=900)
+FIREHOSE_MAX_LAG = timedelta(days=1)  # an assumption, not a documented bound: records reach Firehose within a day
 
 # One lock for every local log in the process: two instances may point at the same folder.
 _local_lock = threading.Lock()
@@ -63,6 +80,7 @@ class AuditRecord(BaseModel):
     encounter_hash: str | None = None
     features: list[float]  # NaN = missing input; JSON null on disk
     source: Literal["api", "batch"]
+    caller: str | None = None  # the authenticated caller: a salted hash of the token's subject, never an email
 
     @field_validator("at", mode="before")
     @classmethod
@@ -210,7 +228,8 @@ class LocalPredictionLog:
 
 
 class S3PredictionLog:
-    """One object per append (per UTC day it spans) at ``prefix/dt=YYYY-MM-DD/<request_id>-<uuid8>.jsonl``."""
+    """One object per append (per UTC day it spans) at ``prefix/dt=YYYY-MM-DD/<request_id>-<uuid8>.jsonl``; reads
+    those and the objects a Firehose stream delivers under the same ``dt=`` prefix (plain or GZIP JSON Lines)."""
 
     def __init__(self, bucket: str, prefix: str = DEFAULT_FOLDER, client: Any = None) -> None:
         self._s3 = S3Storage(bucket, prefix, client)  # the lazily built client and the URI live in one place
@@ -247,26 +266,78 @@ class S3PredictionLog:
         yield from self.client.get_paginator("list_objects_v2").paginate(**kwargs)
 
     def read(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[AuditRecord]:
+        """Its own objects from the days of the window; Firehose's from those days widened by FIREHOSE_MAX_BUFFER
+        before and FIREHOSE_MAX_LAG after (see above), all filtered by ``at``."""
         lo, hi = _window(since, until)
+        wide_lo = None if lo is None else lo - FIREHOSE_MAX_BUFFER
+        wide_hi = None if hi is None else hi + FIREHOSE_MAX_LAG
         root = self._root()
         partitions = sorted(
             p["Prefix"] for page in self._list(root, "/") for p in page.get("CommonPrefixes", [])
         )  # "prefix/dt=YYYY-MM-DD/"
         for partition in partitions:
             day = _partition_day(partition[len(root) :].rstrip("/"))
-            if day is None or not _day_in_window(day, lo, hi):
+            if day is None or not _day_in_window(day, wide_lo, wide_hi):
                 continue
+            own_day = _day_in_window(day, lo, hi)
             keys = sorted(o["Key"] for page in self._list(partition) for o in page.get("Contents", []))
             for key in keys:
-                if not key.endswith(".jsonl"):
+                kind = _object_kind(key)
+                if kind is None or (kind == "own" and not own_day):
                     continue
-                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-                yield from _parse_lines(body.splitlines(keepends=True), f"s3://{self.bucket}/{key}", lo, hi)
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+                yield from _parse_lines(_object_lines(body), f"s3://{self.bucket}/{key}", lo, hi)
+
+
+def _object_kind(key: str) -> Literal["own", "firehose"] | None:
+    """Which writer made an object in a partition, from its name; None for anything else (a folder marker, a note).
+    Firehose names objects ``<stream>-<version>-<yyyy>-<MM>-<dd>-<HH>-<mm>-<ss>-<uuid><file extension>``, the
+    extension empty, ".gz" for GZIP, or the stream's FileExtension
+    (https://docs.aws.amazon.com/firehose/latest/dev/s3-object-name.html)."""
+    name = key.rsplit("/", 1)[-1]
+    if not name:
+        return None
+    if name.endswith(".gz"):
+        return "firehose"
+    if name.endswith(_OWN_SUFFIX):
+        return "own"
+    return "firehose" if "." not in name else None
+
+
+def _object_lines(body: Any) -> Iterator[bytes]:
+    """An S3 object's lines, streamed (a Firehose object holds up to 128 MB before compression), GZIP or not."""
+    head = body.read(2)
+    if head == _GZIP_MAGIC:
+        with gzip.GzipFile(fileobj=_Prepended(head, body)) as unzipped:
+            yield from unzipped
+        return
+    rest = body.read()
+    yield from (head + rest).splitlines(keepends=True)
+
+
+class _Prepended:
+    """A readable whose first bytes were already read (to sniff the GZIP header)."""
+
+    def __init__(self, head: bytes, body: Any) -> None:
+        self._head, self._body = head, body
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            head, self._head = self._head, b""
+            return head + self._body.read()
+        head, self._head = self._head[:size], self._head[size:]
+        return head + (self._body.read(size - len(head)) if size > len(head) else b"")
 
 
 def open_prediction_log(uri: str | None = None, s3_client: Any = None) -> PredictionLog:
-    """s3://bucket/prefix is S3, a path a local folder; None means $READMIT_PREDICTION_LOG, else home()/predictions."""
+    """s3://bucket/prefix is S3, a path a local folder; None means $READMIT_PREDICTION_LOG, else home()/predictions.
+    A firehose://stream URI is the API's alone (prediction_stream.open_api_prediction_log): only the API may write
+    to the stream, and readers read the S3 prefix it delivers to."""
     text = uri or os.environ.get(ENV_PREDICTION_LOG) or str(settings.home() / DEFAULT_FOLDER)
+    if text.startswith(FIREHOSE_SCHEME):
+        raise InvalidLogUri(
+            f"{text!r} is a Firehose stream: only the API writes to it; read the s3:// prefix it delivers to"
+        )
     if text.startswith("s3://"):
         bucket, _, prefix = text[len("s3://") :].partition("/")
         if not bucket:

@@ -7,24 +7,29 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+_generation = 0  # bumped by forget_clients(); a made client remembers the generation it was made in
+
 
 class LazyClient:
     """A class attribute ``client = LazyClient("s3")``: the instance's ``_client`` (injected by tests, or None),
-    else a client made once by ``factory`` (default ``boto3.client(service)``) and kept there."""
+    else a client made once by ``factory`` (default ``boto3.client(service)``) and kept there until
+    ``forget_clients()`` (an injected client is kept)."""
 
     def __init__(self, service: str, factory: Callable[[], Any] | None = None) -> None:
         self.service = service
         self.factory = factory
         self.slot = ""
+        self.made_slot = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.slot = f"_{name}"
+        self.made_slot = f"_{name}_generation"
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
             return self
         client = getattr(obj, self.slot, None)
-        if client is None:
+        if client is None or getattr(obj, self.made_slot, _generation) != _generation:
             if self.factory is not None:
                 client = self.factory()
             else:
@@ -32,7 +37,17 @@ class LazyClient:
 
                 client = boto3.client(self.service)
             setattr(obj, self.slot, client)
+            setattr(obj, self.made_slot, _generation)
         return client
+
+
+def forget_clients() -> None:
+    """Every client LazyClient has made is made again at its next use; injected ones are kept. After a Lambda
+    SnapStart restore a client made before the snapshot would reuse connections whose state is not guaranteed, in
+    every environment restored from that snapshot (https://docs.aws.amazon.com/lambda/latest/dg/snapstart.html,
+    "Compatibility considerations": network connections)."""
+    global _generation
+    _generation += 1
 
 
 @functools.lru_cache(maxsize=8)

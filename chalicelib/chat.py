@@ -5,7 +5,11 @@ were readmitted. With a Bedrock model configured ($READMIT_CHAT_MODEL), Claude p
 Converse API; otherwise, or when Bedrock throttles, times out or fails, a deterministic template states the same
 facts, and ``fallback_reason`` says why. The prompt carries no identifiers (the encounter itself never enters it,
 and long digit runs in the question are masked), and an answer that names a model feature the model did not
-report for this patient is replaced by the template (``ungrounded``).
+report for this patient is replaced by the template (``ungrounded``). With a Bedrock Guardrail configured
+($READMIT_GUARDRAIL_ID, $READMIT_GUARDRAIL_VERSION), it checks the clinician's question and the model's answer
+(personal information, dosing and treatment instructions); when it intervenes, the template answers
+(``guardrail``) and the response says whether the prompt or the answer was blocked and by which policies, never
+what was blocked.
 """
 
 from __future__ import annotations
@@ -14,14 +18,30 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import settings, telemetry
 from .aws_clients import LazyClient
 from .explain import CONCEPT_BY_ID, CONCEPTS
 from .features import FEATURE_BY_NAME
 
-FallbackReason = Literal["not_configured", "throttled", "timeout", "error", "ungrounded"]
+FallbackReason = Literal["not_configured", "throttled", "timeout", "error", "ungrounded", "guardrail"]
+GuardrailStage = Literal["prompt", "answer", "unknown"]  # where the guardrail intervened (unknown: no trace)
+# The policy members of a GuardrailAssessment in Converse's trace (botocore/data/bedrock-runtime/2023-09-30/
+# service-2.json, shape GuardrailAssessment; its other members, invocationMetrics and appliedGuardrailDetails, are
+# no policies). Each holds lists of findings with an ``action``: BLOCKED, ANONYMIZED or NONE.
+GuardrailPolicy = Literal[
+    "topicPolicy",
+    "contentPolicy",
+    "wordPolicy",
+    "sensitiveInformationPolicy",
+    "contextualGroundingPolicy",
+    "automatedReasoningPolicy",
+]
+GUARDRAIL_POLICIES: tuple[GuardrailPolicy, ...] = get_args(GuardrailPolicy)
+QUESTION_LABEL = "Clinician's question:"
 READ_TIMEOUT_S = 12.0  # API Gateway gives the whole request 29 s
 MAX_TOKENS = 400
 _THROTTLED = {"ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException"}
@@ -44,10 +64,22 @@ class Facts:
 
 
 @dataclass(frozen=True)
+class GuardrailBlock:
+    """What the response may say about a guardrail intervention: where, and which policy types fired."""
+
+    stage: GuardrailStage
+    policies: tuple[GuardrailPolicy, ...]
+
+    def body(self) -> dict[str, Any]:
+        return {"stage": self.stage, "policies": list(self.policies)}
+
+
+@dataclass(frozen=True)
 class Answer:
     text: str
     source: Literal["bedrock", "template"]
     fallback_reason: FallbackReason | None
+    guardrail: GuardrailBlock | None = None
 
 
 class ChatUnavailable(RuntimeError):
@@ -56,6 +88,14 @@ class ChatUnavailable(RuntimeError):
     def __init__(self, reason: FallbackReason, detail: str = "") -> None:
         super().__init__(detail or reason)
         self.reason: FallbackReason = reason
+
+
+class GuardrailBlocked(ChatUnavailable):
+    """The guardrail intervened (stopReason guardrail_intervened); carries where and which policies, not the text."""
+
+    def __init__(self, block: GuardrailBlock) -> None:
+        super().__init__("guardrail", "guardrail_intervened")
+        self.block = block
 
 
 # ---- the prompt --------------------------------------------------------------------------------------------
@@ -79,7 +119,8 @@ def scrub(question: str, identifiers: Sequence[Any] = ()) -> str:
     return _LONG_NUMBER.sub("[identifier]", question)
 
 
-def user_prompt(facts: Facts, question: str) -> str:
+def grounding(facts: Facts) -> str:
+    """The facts part of the prompt: everything the answer may rest on, written by us, not by the clinician."""
     factors = "\n".join(_factor_line(f) for f in facts.factors) or "- (none reported)"
     if facts.similar_count:
         similar = (
@@ -90,7 +131,7 @@ def user_prompt(facts: Facts, question: str) -> str:
         similar = "No similar past patients are available."
     return (
         f"Risk of readmission within 30 days: {facts.risk:.1%} ({facts.tier} tier).\n"
-        f"Top factors reported by the model:\n{factors}\n{similar}\n\nClinician's question: {question}"
+        f"Top factors reported by the model:\n{factors}\n{similar}"
     )
 
 
@@ -163,24 +204,114 @@ def bedrock_client(read_timeout: float = READ_TIMEOUT_S, **kwargs: Any) -> Any:
     return boto3.client("bedrock-runtime", config=config, **kwargs)
 
 
+_GUARDRAIL_IDENTIFIER = r"^([a-z0-9]+|arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:guardrail/[a-z0-9]+)$"
+
+
+class GuardrailConfig(BaseModel):
+    """The Bedrock Guardrail on /chat's Converse calls, checked at start-up against the patterns of botocore's
+    GuardrailConfiguration (guardrailIdentifier: an id or a guardrail ARN; guardrailVersion: a number or DRAFT)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    identifier: str = Field(pattern=_GUARDRAIL_IDENTIFIER)
+    version: str = Field(pattern=r"^([1-9][0-9]{0,7}|DRAFT)$")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> GuardrailConfig | None:
+        identifier, version = env.get(settings.ENV_GUARDRAIL_ID) or "", env.get(settings.ENV_GUARDRAIL_VERSION) or ""
+        if not identifier and not version:
+            return None
+        if not (identifier and version):
+            raise ValueError(f"${settings.ENV_GUARDRAIL_ID} and ${settings.ENV_GUARDRAIL_VERSION} are set together")
+        try:
+            return cls(identifier=identifier, version=version)
+        except ValidationError:
+            raise ValueError(
+                f"${settings.ENV_GUARDRAIL_ID} must be a guardrail id or ARN and ${settings.ENV_GUARDRAIL_VERSION} "
+                "a version number or DRAFT"
+            ) from None
+
+    def request(self) -> dict[str, str]:
+        # trace "enabled" makes the response's trace.guardrail say which policies fired on the input
+        # (inputAssessment) or on the model's output (outputAssessments); "Include a guardrail with the Converse API",
+        # https://docs.aws.amazon.com/bedrock/latest/userguide/guardrails-use-converse-api.html. The trace also
+        # holds the matched text and the blocked output (modelOutput): only policy names and actions are read.
+        return {"guardrailIdentifier": self.identifier, "guardrailVersion": self.version, "trace": "enabled"}
+
+
+def _fired(assessment: Any) -> set[GuardrailPolicy]:
+    """The policies of one GuardrailAssessment with a finding whose action is not NONE (BLOCKED or ANONYMIZED)."""
+    if not isinstance(assessment, Mapping):
+        return set()
+    fired: set[GuardrailPolicy] = set()
+    for policy in GUARDRAIL_POLICIES:
+        findings = assessment.get(policy)
+        lists = findings.values() if isinstance(findings, Mapping) else ()
+        if any(
+            isinstance(f, Mapping) and f.get("action", "NONE") != "NONE"
+            for items in lists
+            if isinstance(items, list)
+            for f in items
+        ):
+            fired.add(policy)
+    return fired
+
+
+def guardrail_block(response: Mapping[str, Any]) -> GuardrailBlock:
+    """Where the guardrail intervened and which policies fired, from Converse's trace.guardrail: inputAssessment
+    maps a guardrail id to one assessment of the prompt, outputAssessments a guardrail id to assessments of the
+    answer (ConverseTrace > GuardrailTraceAssessment in botocore's bedrock-runtime model)."""
+    trace = response.get("trace")
+    guardrail = trace.get("guardrail") if isinstance(trace, Mapping) else None
+    guardrail = guardrail if isinstance(guardrail, Mapping) else {}
+    inputs = guardrail.get("inputAssessment")
+    outputs = guardrail.get("outputAssessments")
+    prompt: set[GuardrailPolicy] = set()
+    answer: set[GuardrailPolicy] = set()
+    for assessment in inputs.values() if isinstance(inputs, Mapping) else ():
+        prompt |= _fired(assessment)
+    for assessments in outputs.values() if isinstance(outputs, Mapping) else ():
+        for assessment in assessments if isinstance(assessments, list) else ():
+            answer |= _fired(assessment)
+    stage: GuardrailStage = "prompt" if prompt else "answer" if answer else "unknown"
+    return GuardrailBlock(stage, tuple(p for p in GUARDRAIL_POLICIES if p in prompt | answer))
+
+
 class BedrockChat:
     """Claude through the Bedrock Converse API; every failure becomes a ChatUnavailable with its reason."""
 
-    def __init__(self, model_id: str, client: Any = None) -> None:
+    def __init__(self, model_id: str, client: Any = None, guardrail: GuardrailConfig | None = None) -> None:
         self.model_id = model_id
         self._client = client
+        self.guardrail = guardrail
 
     client = LazyClient("bedrock-runtime", bedrock_client)
 
-    def ask(self, system: str, prompt: str) -> str:
+    def _request(self, system: str, facts: str, question: str) -> dict[str, Any]:
+        if self.guardrail is None:
+            content: list[dict[str, Any]] = [{"text": f"{facts}\n\n{QUESTION_LABEL} {question}"}]
+            return {"messages": [{"role": "user", "content": content}], "system": [{"text": system}]}
+        # Only the clinician's question is a guardContent block. With one in the messages, the guardrail evaluates
+        # that block, not the rest of the message, and a system prompt without one is not evaluated
+        # (guardrails-use-converse-api.html, "Evaluate only specific content in a message" and "Message and system
+        # prompt guardrail behavior"; botocore's guardrailConfig: "the guardrail operates only on those messages").
+        # So our own facts (an age band, medication changes) are never taken for personal information or treatment
+        # instructions, while the model's answer is always evaluated.
+        content = [{"text": f"{facts}\n\n{QUESTION_LABEL}"}, {"guardContent": {"text": {"text": question}}}]
+        return {
+            "messages": [{"role": "user", "content": content}],
+            "system": [{"text": system}],
+            "guardrailConfig": self.guardrail.request(),
+        }
+
+    def ask(self, system: str, facts: str, question: str) -> str:
+        """The model's answer to ``question`` from ``facts`` (with a guardrail, the question alone is guarded)."""
         from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
 
         try:
             response = self.client.converse(
                 modelId=self.model_id,
-                system=[{"text": system}],
-                messages=[{"role": "user", "content": [{"text": prompt}]}],
                 inferenceConfig={"maxTokens": MAX_TOKENS, "temperature": 0.0},
+                **self._request(system, facts, question),
             )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
@@ -190,8 +321,12 @@ class BedrockChat:
             raise ChatUnavailable("timeout", type(exc).__name__) from None
         except BotoCoreError as exc:
             raise ChatUnavailable("error", type(exc).__name__) from None
-        if response.get("stopReason") in ("guardrail_intervened", "content_filtered"):
-            raise ChatUnavailable("error", str(response["stopReason"]))
+        # Any intervention falls back, even an ANONYMIZED one: the readmit guardrail BLOCKs, and an account- or
+        # organization-enforced guardrail may intervene without one configured here.
+        if response.get("stopReason") == "guardrail_intervened":
+            raise GuardrailBlocked(guardrail_block(response))
+        if response.get("stopReason") == "content_filtered":
+            raise ChatUnavailable("error", "content_filtered")
         blocks = response.get("output", {}).get("message", {}).get("content", [])
         text = "".join(b.get("text", "") for b in blocks).strip()
         if not text:
@@ -206,13 +341,19 @@ class Explainer:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Explainer:
         model = env.get(settings.ENV_CHAT_MODEL)
-        return cls(BedrockChat(model) if model else None)
+        guardrail = GuardrailConfig.from_env(env)  # checked even without a model: a bad setting fails at start-up
+        return cls(BedrockChat(model, guardrail=guardrail) if model else None)
 
     def answer(self, facts: Facts, question: str, identifiers: Sequence[Any] = ()) -> Answer:
         if self.chat is None:
             return Answer(template_answer(facts), "template", "not_configured")
         try:
-            text = self.chat.ask(SYSTEM, user_prompt(facts, scrub(question, identifiers)))
+            text = self.chat.ask(SYSTEM, grounding(facts), scrub(question, identifiers))
+        except GuardrailBlocked as exc:  # policy types and the stage only: never the question or the blocked text
+            block = exc.block
+            extra = {"reason": exc.reason, "stage": block.stage, "policies": list(block.policies)}
+            telemetry.logger.warning("chat fallback", extra=extra)
+            return Answer(template_answer(facts), "template", exc.reason, block)
         except ChatUnavailable as exc:
             telemetry.logger.warning("chat fallback", extra={"reason": exc.reason, "detail": str(exc)})
             return Answer(template_answer(facts), "template", exc.reason)

@@ -478,6 +478,29 @@ def project_dir() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def _set_auth(mode: str) -> None:
+    """$READMIT_AUTH for the server and its workers; dev mode makes its secret now and says how to get a token."""
+    import os
+
+    from . import auth
+
+    os.environ[auth.ENV_AUTH] = mode
+    if mode == "dev":
+        auth.dev_secret(create=True)
+        _err("authentication: dev tokens (`readmit token --scope predict` prints one; send Authorization: Bearer …)")
+    auth.from_env()  # an incomplete setting (jwks without an issuer, say) stops here with its reason
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """A dev-mode access token for `readmit serve --auth dev` (shaped like a Cognito access token)."""
+    from . import auth
+
+    scopes = tuple(dict.fromkeys(args.scope or auth.SCOPES))
+    token = auth.DevAuth(auth.dev_secret()).issue(args.subject, scopes, ttl_seconds=args.ttl)
+    print(token)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
@@ -498,6 +521,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ[settings.ENV_REGISTRY] = args.registry
     if args.check_interval is not None:
         os.environ["READMIT_CHECK_INTERVAL"] = str(args.check_interval)
+    if args.auth is not None:
+        _set_auth(args.auth)
     if args.dev:
         from app import local_server  # app.py, which load_chalice_app imported from the project folder
 
@@ -727,7 +752,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stage", default="local")
     s.add_argument("--workers", type=int, help="processes, each with its own model (default $WEB_CONCURRENCY or 2)")
     s.add_argument("--dev", action="store_true", help="Chalice's single-process development server instead")
+    s.add_argument(
+        "--auth",
+        choices=("none", "dev", "jwks"),
+        help="none (default locally); dev: local tokens from `readmit token`; jwks: Cognito access tokens "
+        "($READMIT_AUTH_ISSUER, $READMIT_AUTH_CLIENT_IDS)",
+    )
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("token", help="print a dev access token for `readmit serve --auth dev`")
+    s.add_argument("--scope", action="append", choices=("predict", "admin"), help="repeatable (default: both)")
+    s.add_argument("--subject", default="dev-user", help="the token's sub claim (audit records keep only its hash)")
+    s.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)")
+    s.set_defaults(func=cmd_token)
 
     s = sub.add_parser("registry", help="list versions, show history, promote")
     s.add_argument("action", choices=("list", "history", "promote"))
@@ -766,6 +803,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ("chalicelib.loader", ("NoChampion",)),
         ("chalicelib.model_check", ("InvalidModel",)),
         ("chalicelib.storage", ("StorageError",)),
+        ("chalicelib.auth", ("AuthConfigError",)),
     ):
         loaded = sys.modules.get(module)
         found.extend(getattr(loaded, name) for name in names if loaded is not None and hasattr(loaded, name))

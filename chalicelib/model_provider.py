@@ -87,6 +87,12 @@ class ModelProvider:
         with self._lock:
             self._refresh()
 
+    def check_at_next_use(self) -> None:
+        """The next ``current()`` checks for a new champion whatever the interval. After a SnapStart restore the
+        loaded model is as old as the snapshot (hours or days), and the monotonic clock the interval is measured on
+        need not have advanced while the snapshot was stored."""
+        self.status.last_check = None
+
     # -- internals --------------------------------------------------------------------------------
     def _refresh(self) -> None:
         self.status.last_check = self.clock()

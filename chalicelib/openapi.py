@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from . import auth
 from .api_models import (
     MAX_BATCH,
     MAX_BATCH_BODY_BYTES,
@@ -146,6 +148,40 @@ WEB_PATHS: dict[str, Any] = {
 }
 
 
+AUTH_ERRORS = {
+    "401": _json(
+        ErrorResponse,
+        "No valid access token (when the deployment authenticates callers): WWW-Authenticate says which",
+    ),
+    "403": _json(ErrorResponse, "The token lacks the scope this route needs (WWW-Authenticate names it)"),
+}
+SECURITY_SCHEMES = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "An access token with the scope the route names: from Amazon Cognito on AWS (the hosted "
+        "sign-in for people, client credentials for services), from `readmit token` under `readmit serve --auth "
+        "dev`. Locally the API runs without authentication unless started with --auth.",
+    }
+}
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Each operation's security requirement and auth errors, from the one rule in chalicelib/auth.py (OpenAPI
+    3.1 lets a non-OAuth scheme list the roles it needs: the scopes here). A copy: WEB_PATHS is shared."""
+    paths = copy.deepcopy(paths)
+    for path, operations in paths.items():
+        for operation in operations.values():
+            scope = auth.ROUTE_SCOPES.get(path)
+            if path in auth.PUBLIC_ROUTES or path == "/openapi.json":
+                operation["security"] = []
+            elif scope is not None:
+                operation["security"] = [{"bearerAuth": [f"{auth.RESOURCE_SERVER}/{scope}"]}]
+                operation["responses"] = {**operation["responses"], **AUTH_ERRORS}
+    return paths
+
+
 def document(version: str = "1") -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation") for m in MODELS], ref_template="#/components/schemas/{model}")
     return {
@@ -159,78 +195,90 @@ def document(version: str = "1") -> dict[str, Any]:
                 "as an ErrorResponse."
             ),
         },
-        "paths": {
-            "/predict": {
-                "post": {
-                    "summary": "Score one encounter",
-                    "parameters": [EXPLAIN, RECORD],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref(Encounter), "example": EXAMPLE}},
-                    },
-                    "responses": {"200": _json(Prediction, "Calibrated risk, tier and top factors"), **ERRORS},
-                }
-            },
-            "/predict/batch": {
-                "post": {
-                    "summary": f"Score up to {MAX_BATCH} encounters; invalid items are reported by index",
-                    "parameters": [EXPLAIN, RECORD],
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(BatchRequest)}}},
-                    "responses": {"200": _json(BatchResponse, "Per-item predictions or errors"), **ERRORS},
-                }
-            },
-            "/similar-patients": {
-                "post": {
-                    "summary": "The most similar past encounters (outcome, age band, a few features; no identifiers)",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref(SimilarRequest)}},
-                    },
-                    "responses": {
-                        "200": _json(SimilarResponse, "Neighbours and their 30-day readmission rate"),
-                        **{k: v for k, v in ERRORS.items() if k != "503"},
-                        "503": _json(ErrorResponse, "No similar-patient index yet"),
-                    },
-                }
-            },
-            "/chat": {
-                "post": {
-                    "summary": "An answer grounded in the risk, its top factors and similar patients' outcomes",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(ChatRequest)}}},
-                    "responses": {
-                        "200": _json(ChatResponse, "Bedrock's answer, or the template's (fallback_reason says why)"),
-                        **ERRORS,
-                    },
-                }
-            },
-            "/health": {"get": {"summary": "Liveness and readiness", "responses": {"200": _json(Health, "Up")}}},
-            "/model": {
-                "get": {
-                    "summary": "The champion's version, metrics, thresholds and features",
-                    "responses": {
-                        "200": {
-                            "description": "Model information",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
+        "paths": _secured(
+            {
+                "/predict": {
+                    "post": {
+                        "summary": "Score one encounter",
+                        "parameters": [EXPLAIN, RECORD],
+                        "requestBody": {
+                            "required": True,
+                            "content": {"application/json": {"schema": _ref(Encounter), "example": EXAMPLE}},
                         },
-                        "503": ERRORS["503"],
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {
-                        "200": {
-                            "description": "Prometheus text format",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
-            },
-            **WEB_PATHS,
-        },
-        "components": {"schemas": defs["$defs"]},
+                        "responses": {"200": _json(Prediction, "Calibrated risk, tier and top factors"), **ERRORS},
+                    }
+                },
+                "/predict/batch": {
+                    "post": {
+                        "summary": f"Score up to {MAX_BATCH} encounters; invalid items are reported by index",
+                        "parameters": [EXPLAIN, RECORD],
+                        "requestBody": {
+                            "required": True,
+                            "content": {"application/json": {"schema": _ref(BatchRequest)}},
+                        },
+                        "responses": {"200": _json(BatchResponse, "Per-item predictions or errors"), **ERRORS},
+                    }
+                },
+                "/similar-patients": {
+                    "post": {
+                        "summary": (
+                            "The most similar past encounters (outcome, age band, a few features; no identifiers)"
+                        ),
+                        "requestBody": {
+                            "required": True,
+                            "content": {"application/json": {"schema": _ref(SimilarRequest)}},
+                        },
+                        "responses": {
+                            "200": _json(SimilarResponse, "Neighbours and their 30-day readmission rate"),
+                            **{k: v for k, v in ERRORS.items() if k != "503"},
+                            "503": _json(ErrorResponse, "No similar-patient index yet"),
+                        },
+                    }
+                },
+                "/chat": {
+                    "post": {
+                        "summary": "An answer grounded in the risk, its top factors and similar patients' outcomes",
+                        "requestBody": {
+                            "required": True,
+                            "content": {"application/json": {"schema": _ref(ChatRequest)}},
+                        },
+                        "responses": {
+                            "200": _json(
+                                ChatResponse, "Bedrock's answer, or the template's (fallback_reason says why)"
+                            ),
+                            **ERRORS,
+                        },
+                    }
+                },
+                "/health": {"get": {"summary": "Liveness and readiness", "responses": {"200": _json(Health, "Up")}}},
+                "/model": {
+                    "get": {
+                        "summary": "The champion's version, metrics, thresholds and features",
+                        "responses": {
+                            "200": {
+                                "description": "Model information",
+                                "content": {"application/json": {"schema": {"type": "object"}}},
+                            },
+                            "503": ERRORS["503"],
+                        },
+                    }
+                },
+                "/metrics": {
+                    "get": {
+                        "summary": "Prometheus metrics",
+                        "responses": {
+                            "200": {
+                                "description": "Prometheus text format",
+                                "content": {"text/plain": {"schema": {"type": "string"}}},
+                            }
+                        },
+                    }
+                },
+                "/openapi.json": {
+                    "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
+                },
+                **WEB_PATHS,
+            }
+        ),
+        "components": {"schemas": defs["$defs"], "securitySchemes": SECURITY_SCHEMES},
     }

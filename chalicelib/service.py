@@ -76,6 +76,7 @@ class Predictor:
         request_id: str,
         remember: bool = False,
         source: str = "api",
+        caller: str | None = None,
     ) -> list[Scored]:
         # Resolved once per call (a batch hashes up to 1,000 ids), and only when some id will be hashed.
         hashes = self.log is not None or any(r.get("patient_nbr") is not None for r in records)
@@ -100,7 +101,7 @@ class Predictor:
             at = datetime.now(UTC).strftime(AUDIT_TIME)  # one request, one time
             self.log.append(
                 [
-                    _audit(request_id, at, model.version, results[i], records[i], X[i], source, salt)
+                    _audit(request_id, at, model.version, results[i], records[i], X[i], source, salt, caller)
                     for i in range(len(records))
                 ]
             )
@@ -121,6 +122,7 @@ def _audit(
     x: np.ndarray,
     source: str,
     salt: str | None,
+    caller: str | None = None,
 ) -> AuditRecord:
     eid = record.get("encounter_id")
     return AuditRecord.scored(
@@ -132,4 +134,5 @@ def _audit(
         encounter_hash=hash_id(eid, salt, kind="encounter") if eid is not None else None,
         features=x.astype(np.float64).tolist(),  # NaN (a missing input) is written as null
         source=source,
+        caller=caller,
     )

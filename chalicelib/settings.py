@@ -36,6 +36,8 @@ ENV_QDRANT_WRITE_CONSISTENCY = "READMIT_QDRANT_WRITE_CONSISTENCY"  # replicas th
 ENV_OPENSEARCH_URL = "READMIT_OPENSEARCH_URL"  # https://… endpoint of Amazon OpenSearch Service / Serverless
 ENV_VECTOR_COLLECTION = "READMIT_VECTOR_COLLECTION"  # Qdrant collection / OpenSearch index name
 ENV_CHAT_MODEL = "READMIT_CHAT_MODEL"  # Bedrock Converse model id; unset means template answers only
+ENV_GUARDRAIL_ID = "READMIT_GUARDRAIL_ID"  # Bedrock Guardrail (id or ARN) on /chat's Converse calls; unset: none
+ENV_GUARDRAIL_VERSION = "READMIT_GUARDRAIL_VERSION"  # its version: a number, or DRAFT (the working draft)
 ENV_INGEST_QUEUE_URL = "READMIT_INGEST_QUEUE_URL"  # the embedder's own queue (large files fan out into chunks)
 ENV_INGEST_CHUNK_ROWS = "READMIT_INGEST_CHUNK_ROWS"  # larger files fan out into chunks of this many rows
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
 from .api_models import Encounter, Factor, _details
+from .chat import FallbackReason, GuardrailPolicy, GuardrailStage
 from .errors import ApiError, Detail, ValidationFailed
 from .service import cohort_error
 from .similar import DEFAULT_K, MAX_K
@@ -67,10 +68,22 @@ class SimilarSummary(BaseModel):
     readmission_rate: float
 
 
+class GuardrailFlag(BaseModel):
+    """Why the template answered when fallback_reason is "guardrail": where the Bedrock Guardrail intervened and
+    which policy types fired; never the text it blocked."""
+
+    stage: GuardrailStage = Field(
+        description="prompt: the clinician's question was blocked; answer: the model's answer was; unknown: the "
+        "guardrail intervened without a trace"
+    )
+    policies: list[GuardrailPolicy] = Field(description="The guardrail policy types that fired (Bedrock's names)")
+
+
 class ChatResponse(BaseModel):
     answer: str
     source: Literal["bedrock", "template"]
-    fallback_reason: Literal["not_configured", "throttled", "timeout", "error", "ungrounded"] | None
+    fallback_reason: FallbackReason | None
+    guardrail: GuardrailFlag | None = Field(description="Set exactly when fallback_reason is guardrail")
     risk: float
     risk_tier: Literal["low", "medium", "high"]
     top_factors: list[Factor]

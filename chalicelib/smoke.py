@@ -1,17 +1,20 @@
 """`readmit smoke --stack NAME`: after a deploy, use what the stack offers once and say what works.
 
-It reads the stack's outputs, calls ``GET /health`` (public) and ``POST /predict`` (with the stack's API key) over
-HTTPS, starts one retraining and drops one small synthetic list for batch scoring, then prints one line per check
-(PASS, FAIL or SKIP). Retraining takes many minutes, so by default it only starts one; ``--wait`` polls both runs.
+It reads the stack's outputs, gets an access token for the stack's machine client (Cognito client credentials),
+calls ``GET /health`` (public) and ``POST /predict`` (with the token and the stack's API key) over HTTPS, starts one
+retraining and drops one small synthetic list for batch scoring, then prints one line per check (PASS, FAIL or
+SKIP). Retraining takes many minutes, so by default it only starts one; ``--wait`` polls both runs.
 
-Nothing printed holds PHI (the encounter is the API's synthetic example) or the API key's value. Every AWS call is
-botocore's (``botocore/data/<service>/<version>/service-2.json``), and AWS errors become FAIL lines, never tracebacks.
+Nothing printed holds PHI (the encounter is the API's synthetic example), the API key's value, the app client's
+secret or the access token. Every AWS call is botocore's (``botocore/data/<service>/<version>/service-2.json``), and
+AWS errors become FAIL lines, never tracebacks.
 The AWS clients, the HTTP call, the clock and ``sleep`` are injectable, so tests run it against moto and a real
 local server.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -22,10 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TextIO
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, field_validator
 
+from .auth import PREDICT, RESOURCE_SERVER
 from .batch_events import INCOMING, SCORED
 
 Status = Literal["PASS", "FAIL", "SKIP"]
@@ -37,6 +41,17 @@ SMOKE_ROWS = 3
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 _STOPPED = ("FAILED", "TIMED_OUT", "ABORTED", "PENDING_REDRIVE")  # ExecutionStatus in stepfunctions' model
+TOKEN_SCOPE = f"{RESOURCE_SERVER}/{PREDICT}"  # what /predict needs (template.yaml's CognitoAuthorizer scopes)
+AUTH_OUTPUTS = ("UserPoolId", "TokenUrl", "ServiceClientId")  # the Cognito outputs the token check reads
+# What the token endpoint's error codes (HTTP 400 {"error": ...}: RFC 6749 section 5.2, as the Amazon Cognito token
+# endpoint answers, https://docs.aws.amazon.com/cognito/latest/developerguide/token-endpoint.html) mean for this client.
+_TOKEN_HINTS = {
+    "invalid_client": "the ServiceClient's id and secret were refused",
+    "invalid_scope": f"the app client may not ask for {TOKEN_SCOPE} (its AllowedOAuthScopes)",
+    "unauthorized_client": "the app client does not allow the client_credentials grant (its AllowedOAuthFlows)",
+    "unsupported_grant_type": "the endpoint does not accept client_credentials",
+    "invalid_request": "the endpoint found the request malformed",
+}
 
 
 # ---- models ------------------------------------------------------------------------------------------------------
@@ -81,15 +96,33 @@ class StackOutputs(BaseModel):
     batch_incoming_uri: str = Field(alias="BatchIncomingUri")
     data_key_arn: str = Field(alias="DataKeyArn")
     batch_state_machine_arn: str | None = Field(default=None, alias="BatchScoreStateMachineArn")
+    # Cognito (issue #16): absent on a stack deployed before the API required tokens, so optional here
+    user_pool_id: str | None = Field(default=None, alias="UserPoolId")
+    token_url: str | None = Field(default=None, alias="TokenUrl")
+    service_client_id: str | None = Field(default=None, alias="ServiceClientId")
 
-    @field_validator("api_url")
+    @field_validator("user_pool_id", "token_url", "service_client_id", mode="before")
     @classmethod
-    def _https(cls, url: str) -> str:
-        """The API key goes to this URL: only over HTTPS, or plain HTTP to this machine (a local server)."""
+    def _blank_is_absent(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("api_url", "token_url")
+    @classmethod
+    def _https(cls, url: str | None) -> str | None:
+        """The API key and the token go to the API URL, the app client's secret to the token URL: only over HTTPS,
+        or plain HTTP to this machine (a local server)."""
+        if url is None:
+            return None
         parts = urlsplit(url)
         if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK):
             return url.rstrip("/")
         raise ValueError("must be an https:// URL")
+
+    @property
+    def missing_auth(self) -> list[str]:
+        """The Cognito outputs this stack lacks (all three on a stack older than issue #16)."""
+        values = (self.user_pool_id, self.token_url, self.service_client_id)
+        return [name for name, value in zip(AUTH_OUTPUTS, values, strict=True) if value is None]
 
     @field_validator("batch_incoming_uri")
     @classmethod
@@ -144,6 +177,7 @@ class AwsClients:
     apigateway: Any
     stepfunctions: Any
     s3: Any
+    cognito: Any  # cognito-idp
     region: str | None
 
     @classmethod
@@ -153,7 +187,14 @@ class AwsClients:
 
         session = boto3.Session(region_name=region)
         make = session.client
-        return cls(make("cloudformation"), make("apigateway"), make("stepfunctions"), make("s3"), session.region_name)
+        return cls(
+            make("cloudformation"),
+            make("apigateway"),
+            make("stepfunctions"),
+            make("s3"),
+            make("cognito-idp"),
+            session.region_name,
+        )
 
 
 def aws_error(exc: Exception) -> str:
@@ -252,12 +293,35 @@ def _json_body(response: HttpResponse) -> Any:
         return None
 
 
-def _http_failure(response: HttpResponse) -> str:
-    """The status and the API's own error sentence (ours: "error"; API Gateway's: "message"), never the body."""
+def _auth_reason(body: Any) -> str | None:
+    """Why a 401/403 was about the token, from the API's error format (chalicelib/auth.py's errors, and the
+    UNAUTHORIZED/ACCESS_DENIED gateway responses in template.yaml): the Authorization detail's message. None when
+    the refusal is not about the token (API Gateway's own ``{"message": "Forbidden"}`` for a bad API key)."""
+    if not isinstance(body, dict) or body.get("error") not in ("unauthenticated", "forbidden"):
+        return None
+    details = body.get("details") if isinstance(body.get("details"), list) else []
+    said = [d.get("message") for d in details if isinstance(d, dict) and d.get("field") == "Authorization"]
+    return str(said[0] if said and said[0] else body["error"])[:160]
+
+
+def _http_failure(response: HttpResponse, token_sent: bool | None = None) -> str:
+    """The status and the API's own error sentence (ours: "error"; API Gateway's: "message"), never the body.
+
+    ``token_sent`` says, for /predict, whether an access token went with the key: a refusal of the token (401, or
+    a 403 in the API's "forbidden" format: a missing scope) gets a token hint instead of the API-key one."""
     body = _json_body(response)
     said = (body.get("error") or body.get("message")) if isinstance(body, dict) else None
+    head = f"HTTP {response.status}" + (f": {str(said)[:160]}" if said else "")
+    reason = _auth_reason(body) if response.status in (401, 403) and token_sent is not None else None
+    if response.status == 401 and reason is None and token_sent is not None:
+        reason = "no reason given"
+    if reason is not None and token_sent:
+        return f"{head} (the token was refused: {reason})"
+    if reason is not None:
+        outputs = ", ".join(AUTH_OUTPUTS)
+        return f"{head} (the API wants an access token: {reason}; the stack has no {outputs} outputs to get one)"
     hint = " (API Gateway rejected the key: is it in the stack's usage plan?)" if response.status == 403 else ""
-    return f"HTTP {response.status}" + (f": {str(said)[:160]}" if said else "") + hint
+    return head + hint
 
 
 def _answer(
@@ -269,6 +333,7 @@ def _answer(
     body: bytes | None,
     model: type[BaseModel],
     what: str,
+    failure: Callable[[HttpResponse], str] = _http_failure,
 ) -> tuple[Any, Check | None]:
     """Call the API and parse its 200 answer as ``model``: (the answer, None), or (None, the FAIL that says why)."""
     try:
@@ -276,7 +341,7 @@ def _answer(
     except Unreachable as exc:
         return None, Check(name=name, status="FAIL", detail=f"cannot reach {url}: {exc}")
     if response.status != 200:
-        return None, Check(name=name, status="FAIL", detail=_http_failure(response))
+        return None, Check(name=name, status="FAIL", detail=failure(response))
     try:
         return model.model_validate(_json_body(response)), None
     except ValidationError as exc:
@@ -306,17 +371,127 @@ def check_health(http: Http, api_url: str) -> Check:
     return Check(name="health", status="PASS", detail=f"HTTP 200, model {health.model_version} loaded")
 
 
-def check_predict(http: Http, api_url: str, api_key: str | None) -> Check:
+class TokenAnswer(BaseModel):
+    """The token endpoint's answer to a client-credentials grant: ``access_token``, ``expires_in`` (seconds) and
+    ``token_type`` "Bearer" (https://docs.aws.amazon.com/cognito/latest/developerguide/token-endpoint.html)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    access_token: str = Field(min_length=1)
+    expires_in: int = Field(gt=0)
+    token_type: str
+
+    @field_validator("token_type")
+    @classmethod
+    def _bearer(cls, kind: str) -> str:
+        if kind.lower() != "bearer":  # token types are case-insensitive (RFC 6749 section 5.1)
+            raise ValueError("must be Bearer")
+        return kind
+
+
+def _token_failure(response: HttpResponse) -> str:
+    """The status and the endpoint's ``error`` code (RFC 6749 section 5.2), with what it means for this client;
+    never the body (``error_description`` is free text)."""
+    body = _json_body(response)
+    code = str(body.get("error") or "")[:64] if isinstance(body, dict) else ""
+    hint = _TOKEN_HINTS.get(code)
+    return f"HTTP {response.status}" + (f": {code}" if code else "") + (f" ({hint})" if hint else "")
+
+
+def client_secret(cognito: Any, outputs: StackOutputs) -> str | Check:
+    """The ServiceClient's secret: DescribeUserPoolClient(UserPoolId, ClientId) → UserPoolClient.ClientSecret
+    (cognito-idp 2016-04-18 service-2.json, where it is a ``sensitive`` member), or the FAIL that says why not."""
+    client_id = outputs.service_client_id
+    try:
+        described = cognito.describe_user_pool_client(UserPoolId=outputs.user_pool_id, ClientId=client_id)
+    except _aws_errors() as exc:
+        return Check(name="token", status="FAIL", detail=f"DescribeUserPoolClient {client_id}: {aws_error(exc)}")
+    secret = described.get("UserPoolClient", {}).get("ClientSecret")
+    if not secret:
+        detail = f"app client {client_id} has no secret: client credentials need a confidential client"
+        return Check(name="token", status="FAIL", detail=detail)
+    return str(secret)
+
+
+def basic_credentials(client_id: str, secret: str) -> str:
+    """``Basic Base64Encode(client_id:client_secret)``, as the token endpoint page spells it (client_secret_basic)."""
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode("ascii")
+
+
+def fetch_token(http: Http, outputs: StackOutputs, client_id: str, secret: str) -> tuple[str | None, Check]:
+    """POST <TokenUrl> with ``grant_type=client_credentials&scope=readmit/predict``, form-encoded, the client
+    authenticated with HTTP Basic (Amazon Cognito "Token endpoint",
+    https://docs.aws.amazon.com/cognito/latest/developerguide/token-endpoint.html). (access token, PASS) or
+    (None, the FAIL that says why)."""
+    url = outputs.token_url or ""
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Accept": "application/json",
+        "Authorization": basic_credentials(client_id, secret),
+    }
+    body = urlencode({"grant_type": "client_credentials", "scope": TOKEN_SCOPE}).encode()
+    answer, failed = _answer(
+        http, "token", "POST", url, headers, body, TokenAnswer, "a token answer", failure=_token_failure
+    )
+    if failed:
+        return None, failed
+    detail = f"{TOKEN_SCOPE} for client {client_id}, expires in {answer.expires_in} s (token and secret not shown)"
+    return answer.access_token, Check(name="token", status="PASS", detail=detail)
+
+
+@dataclass
+class Credentials:
+    """What the token check found, for /predict and for masking: ``token`` None means none could be had."""
+
+    check: Check
+    token: str | None = None
+    secrets: tuple[str, ...] = ()
+
+
+def sign_in(cognito: Any, http: Http, outputs: StackOutputs) -> Credentials:
+    """The ``token`` check: the ServiceClient's secret from Cognito, then an access token for it. SKIP on a stack
+    without the Cognito outputs (deployed before the API required tokens: /predict is then tried with the key)."""
+    missing = outputs.missing_auth
+    if len(missing) == len(AUTH_OUTPUTS):
+        detail = f"the stack has no {', '.join(AUTH_OUTPUTS)} outputs (deployed before the API required tokens)"
+        return Credentials(_skip("token", detail))
+    if missing:
+        return Credentials(Check(name="token", status="FAIL", detail=f"the stack lacks {', '.join(missing)}"))
+    client_id = outputs.service_client_id or ""
+    secret = client_secret(cognito, outputs)
+    if isinstance(secret, Check):
+        return Credentials(secret)
+    hidden = (secret, basic_credentials(client_id, secret).removeprefix("Basic "))
+    token, check = fetch_token(http, outputs, client_id, secret)
+    return Credentials(check, token, hidden + ((token,) if token else ()))
+
+
+def check_predict(http: Http, api_url: str, api_key: str | None, credentials: Credentials | None = None) -> Check:
     """POST /predict with the key in X-API-Key, API Gateway's HEADER key source
-    (https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-api-key-source.html)."""
+    (https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-api-key-source.html), and the access
+    token as ``Authorization: Bearer`` (RFC 6750 section 2.1), which the Cognito authorizer checks. Without the
+    Cognito outputs (the token check SKIPped) only the key is sent; a token that could not be had skips it."""
     from .api_models import Prediction
 
     if api_key is None:
         return Check(name="predict", status="SKIP", detail="no API key to call it with")
+    token = credentials.token if credentials is not None else None
+    if credentials is not None and credentials.check.status != "SKIP" and token is None:
+        return Check(name="predict", status="SKIP", detail="no access token to call it with (see token)")
     headers = {"Content-Type": "application/json", "Accept": "application/json", "x-api-key": api_key}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     body = json.dumps(example_encounter()).encode()
     prediction, failed = _answer(
-        http, "predict", "POST", f"{api_url}/predict", headers, body, Prediction, "a prediction"
+        http,
+        "predict",
+        "POST",
+        f"{api_url}/predict",
+        headers,
+        body,
+        Prediction,
+        "a prediction",
+        failure=lambda response: _http_failure(response, token_sent=token is not None),
     )
     if failed:
         return failed
@@ -527,13 +702,15 @@ def run(
 ) -> SmokeReport:
     outputs, stack_check = read_stack(aws.cloudformation, options.stack, aws.region)
     if outputs is None:  # nothing else can be tried: the one line says why
-        return _report(options, aws, [stack_check], None)
+        return _report(options, aws, [stack_check])
     api_key, key_check = read_api_key(aws.apigateway, outputs.api_key_id)
+    credentials = sign_in(aws.cognito, http, outputs)
     checks = [
         stack_check,
         key_check,
+        credentials.check,
         check_health(http, outputs.api_url),
-        check_predict(http, outputs.api_url, api_key),
+        check_predict(http, outputs.api_url, api_key, credentials),
     ]
     name = run_name(now())
     retrain_started, retrain_run = retraining(aws, outputs, name, options)
@@ -542,12 +719,15 @@ def run(
         [retrain_run, batch_run], options.wait_seconds, options.poll_seconds, clock, sleep
     )
     checks += [retrain_started, retrain_result, batch_uploaded, batch_result]
-    return _report(options, aws, checks, api_key)
+    return _report(options, aws, checks, (api_key, *credentials.secrets))
 
 
-def _report(options: SmokeOptions, aws: AwsClients, checks: list[Check], secret: str | None) -> SmokeReport:
-    """The report, with the key's value masked wherever it might have been echoed (belt and braces)."""
-    if secret:
+def _report(
+    options: SmokeOptions, aws: AwsClients, checks: list[Check], secrets: tuple[str | None, ...] = ()
+) -> SmokeReport:
+    """The report, with the API key's value, the app client's secret and the access token masked wherever they
+    might have been echoed (belt and braces: no check prints them)."""
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):  # longest first: one may contain another
         checks = [c.model_copy(update={"detail": c.detail.replace(secret, "***")}) for c in checks]
     return SmokeReport(stack=options.stack, region=aws.region, checks=checks)
 

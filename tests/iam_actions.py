@@ -1159,7 +1159,10 @@ ACTION_EXCEPTIONS: dict[tuple[str, str], tuple[str, ...]] = {
     # "To call Converse, you require permission for the bedrock:InvokeModel operation. To call ConverseStream, you
     # require permission for the bedrock:InvokeModelWithResponseStream operation."
     # (https://docs.aws.amazon.com/bedrock/latest/userguide/conversation-inference-call.html)
-    ("bedrock-runtime", "Converse"): ("bedrock:InvokeModel",),
+    # With guardrailConfig, Converse also needs bedrock:ApplyGuardrail on the guardrail ("Set up permissions to use
+    # Amazon Bedrock Guardrails": https://docs.aws.amazon.com/bedrock/latest/userguide/guardrails-permissions.html);
+    # /chat always sends one when READMIT_GUARDRAIL_ID is set (chalicelib/chat.py).
+    ("bedrock-runtime", "Converse"): ("bedrock:InvokeModel", "bedrock:ApplyGuardrail"),
     ("bedrock-runtime", "ConverseStream"): ("bedrock:InvokeModelWithResponseStream",),
     # The batch APIs are authorised as the single-message actions (SQS API reference, SendMessageBatch /
     # DeleteMessageBatch / ChangeMessageVisibilityBatch: "the same permissions as the single action").

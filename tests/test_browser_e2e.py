@@ -2,16 +2,28 @@
 
 One browser per session, one server per module; screenshots go to ``$READMIT_ARTIFACTS/screenshots`` (default
 ``build/screenshots``). The similar-patients and "why?" panels are checked against the real endpoints when the app
-has them, and their "not available" rendering when it does not.
+has them, and their "not available" rendering when it does not. Signing in is checked against a second server
+with ``readmit serve --auth dev`` (a pasted token) and, for Cognito's hosted UI, against a fake authorization server
+on this machine that checks the PKCE verifier as Cognito documents it.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import csv
+import hashlib
+import http.client
+import json
 import math
 import os
+import re
+import secrets
 import shutil
-from collections.abc import Iterator
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +31,14 @@ import pandas as pd
 import pytest
 
 import app as chalice_app
+from chalicelib import page as page_module
+from chalicelib.api import ReadmitAPI, Request
+from chalicelib.auth import ApiGatewayAuth, DevAuth
 from chalicelib.batch import OUTPUT_COLUMNS
+from chalicelib.model_provider import ModelProvider
 from chalicelib.openapi import document
 from chalicelib.registry import Registry
+from chalicelib.service import Predictor
 from tests.test_server_e2e import Server, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,8 +74,8 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
-@pytest.fixture
-def page(browser: Any, served: tuple[Server, str]) -> Iterator[Any]:
+@contextlib.contextmanager
+def open_page(browser: Any, url: str) -> Iterator[Any]:
     """A fresh tab (own session storage) on the page, with the form built; fails on script errors or CSP blocks."""
     context = browser.new_context(viewport={"width": 1300, "height": 1000}, accept_downloads=True)
     tab = context.new_page()
@@ -66,11 +83,17 @@ def page(browser: Any, served: tuple[Server, str]) -> Iterator[Any]:
     problems: list[str] = []
     tab.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
     tab.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
-    tab.goto(served[0].url + "/")
+    tab.goto(url)
     tab.wait_for_selector("body[data-ready='true']")
     yield tab
     context.close()
     assert not problems, problems
+
+
+@pytest.fixture
+def page(browser: Any, served: tuple[Server, str]) -> Iterator[Any]:
+    with open_page(browser, served[0].url + "/") as tab:
+        yield tab
 
 
 def shoot(page: Any, name: str) -> Path:
@@ -137,6 +160,15 @@ def test_the_api_key_is_kept_for_the_tab_and_sent_as_x_api_key(page: Any) -> Non
     with page.expect_request(lambda r: r.url.endswith("/predict")) as request:
         page.get_by_role("button", name="Estimate risk").click()
     assert request.value.headers.get("x-api-key") == "k-123"
+
+
+def test_without_authentication_the_page_offers_no_sign_in_and_sends_no_token(page: Any) -> None:
+    assert page.locator("#signin").count() == 1 and page.locator("#token-box").count() == 1
+    assert page.is_hidden("#signin") and page.is_hidden("#token-box")
+    with page.expect_request(lambda r: r.url.endswith("/predict")) as request:
+        page.get_by_role("button", name="Estimate risk").click()
+    page.wait_for_selector("#risk-value")
+    assert "authorization" not in request.value.headers
 
 
 @pytest.fixture(scope="module")
@@ -318,3 +350,307 @@ def test_without_the_similar_and_chat_routes_the_panels_say_not_available(page: 
     if not HAS_CHAT:
         page.get_by_role("button", name="Ask").click()
         assert "not available" in page.locator("#chat-unavailable").text_content()
+
+
+# ---- signing in (issue #16) -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dev_served(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, DevAuth]]:
+    """`readmit serve --auth dev` with a known secret, so the tests mint the tokens a user would paste."""
+    tmp = tmp_path_factory.mktemp("browser-dev-auth")
+    registry = Registry.open(tmp / "registry")
+    registry.promote(registry.register(small_bundle), "dev auth tests")
+    secret = secrets.token_urlsafe(32)  # 43 characters; DevAuth wants 32 or more
+    with pytest.MonkeyPatch.context() as env:  # start_server hands os.environ to the server process
+        env.setenv("READMIT_DEV_AUTH_SECRET", secret)
+        env.setenv("READMIT_AUTH", "dev")
+        server = start_server(tmp, tmp / "registry", 60, "--auth", "dev")
+    yield server, DevAuth(secret)
+    server.process.terminate()
+    server.process.wait(timeout=10)
+
+
+def use_token(page: Any, token: str) -> None:
+    """Paste ``token`` into the access token box, as a user would."""
+    if page.get_attribute("#token-box", "open") is None:
+        page.locator("#token-box summary").click()
+    page.get_by_label("Access token", exact=False).fill(token)
+    page.get_by_role("button", name="Use this token").click()
+
+
+def test_with_dev_auth_a_pasted_token_scores_and_the_model_tab_needs_admin(
+    browser: Any, dev_served: tuple[Server, DevAuth]
+) -> None:
+    from playwright.sync_api import expect
+
+    server, issuer = dev_served
+    with open_page(browser, server.url + "/") as page:
+        assert page.is_visible("#token-box") and page.is_hidden("#signin")
+        with page.expect_request(lambda r: r.url.endswith("/predict")) as request:
+            page.get_by_role("button", name="Estimate risk").click()
+        assert "authorization" not in request.value.headers
+        expect(page.locator("#result-error")).to_contain_text("No risk: Sign in first: the API needs a sign-in (401)")
+        assert page.is_visible("#access-token")  # the 401 opened the token box
+        assert page.is_hidden("#error-summary")  # nothing in the form is wrong
+
+        nurse = issuer.issue("nurse-1", ("predict",))
+        use_token(page, nurse)
+        assert page.evaluate("JSON.parse(sessionStorage.getItem('readmit.token')).token") == nurse
+        assert page.evaluate("localStorage.length") == 0 and page.input_value("#access-token") == ""
+        with page.expect_request(lambda r: r.url.endswith("/predict")) as request:
+            page.get_by_role("button", name="Estimate risk").click()
+        assert request.value.headers["authorization"] == f"Bearer {nurse}"
+        page.wait_for_selector("#risk-value")
+
+        page.get_by_role("tab", name="Model").click()
+        expect(page.locator("#model-error")).to_contain_text("your sign-in does not allow this (needs readmit/admin)")
+        assert page.locator("#model-error.notice").count() == 1  # a fact about the sign-in, not a broken tab
+        use_token(page, issuer.issue("admin-1", ("predict", "admin")))  # with the Model tab open: it loads now
+        page.wait_for_selector("#model-version")
+        shoot(page, "model-admin.png")
+
+        use_token(page, issuer.issue("nurse-1", ("predict",), ttl_seconds=-120))
+        page.get_by_role("tab", name="One patient").click()
+        page.get_by_role("button", name="Estimate risk").click()
+        expect(page.locator("#result-error")).to_contain_text("Sign in again: the API did not accept your sign-in")
+        expect(page.locator("#token-note")).to_contain_text("Sign in again")
+
+
+def test_the_token_box_and_the_sign_in_notices_pass_axe_core(browser: Any, dev_served: tuple[Server, DevAuth]) -> None:
+    if not AXE.exists():
+        pytest.fail(f"{AXE} is missing: `make browser` installs axe-core")
+    server, issuer = dev_served
+    context = browser.new_context(viewport={"width": 1300, "height": 1000}, bypass_csp=True)  # to inject axe
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(server.url + "/")
+    page.wait_for_selector("body[data-ready='true']")
+    page.add_script_tag(path=str(AXE))
+    page.get_by_role("button", name="Estimate risk").click()
+    page.wait_for_selector("#result-error")
+    found = axe_violations(page, "401 with the token box open")
+    use_token(page, issuer.issue("nurse-1", ("predict",)))
+    page.get_by_role("tab", name="Model").click()
+    page.wait_for_selector("#model-error")
+    found += axe_violations(page, "model tab without admin")
+    context.close()
+    assert not found, "\n".join(found)
+
+
+def b64url_sha256(text: str) -> str:
+    """RFC 7636 section 4.2, S256: BASE64URL(SHA256(ASCII(code_verifier))) without padding."""
+    return base64.urlsafe_b64encode(hashlib.sha256(text.encode("ascii")).digest()).rstrip(b"=").decode()
+
+
+def _serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class FakeCognito:
+    """The three hosted UI endpoints the page uses, as the Amazon Cognito developer guide documents them:
+    GET /oauth2/authorize redirects to the callback with ``code`` and ``state``; POST /oauth2/token (form-encoded)
+    redeems a code once, for the same client and redirect URI, only with the verifier whose S256 challenge came
+    with the authorization request, and answers with id_token, access_token, refresh_token, token_type Bearer and
+    expires_in, with ``Access-Control-Allow-Origin: *``; GET /logout redirects to ``logout_uri``. No preflight
+    (OPTIONS) is answered: the page's token request must stay a simple cross-origin request."""
+
+    def __init__(self, client_id: str, mint: Callable[[], str]) -> None:
+        self.client_id, self.mint = client_id, mint
+        self.authorize: list[dict[str, str]] = []
+        self.token: list[dict[str, str]] = []
+        self.issued: list[str] = []
+        self.logout: list[dict[str, str]] = []
+        self._codes: dict[str, dict[str, str]] = {}
+        self.server = _serve(self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, status: int, body: dict[str, Any] | None = None, location: str | None = None) -> None:
+                self.send_response(status)
+                if location:
+                    self.send_header("Location", location)
+                data = json.dumps(body).encode() if body is not None else b""
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Access-Control-Allow-Origin", "*")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+                if url.path == "/oauth2/authorize":
+                    fake.authorize.append(params)
+                    wanted = ("response_type", "client_id", "redirect_uri", "state", "code_challenge")
+                    if any(not params.get(k) for k in wanted) or params["client_id"] != fake.client_id:
+                        return self._answer(400, {"error": "invalid_request"})
+                    if params["response_type"] != "code" or params.get("code_challenge_method") != "S256":
+                        return self._answer(400, {"error": "unsupported_response_type"})
+                    code = secrets.token_urlsafe(16)
+                    fake._codes[code] = params
+                    back = urllib.parse.urlencode({"code": code, "state": params["state"]})
+                    return self._answer(302, location=f"{params['redirect_uri']}?{back}")
+                if url.path == "/logout":
+                    fake.logout.append(params)
+                    if params.get("client_id") != fake.client_id or not params.get("logout_uri"):
+                        return self._answer(400, {"error": "invalid_request"})
+                    return self._answer(302, location=params["logout_uri"])
+                return self._answer(404, {"error": "not_found"})
+
+            def do_POST(self) -> None:
+                if self.path != "/oauth2/token":
+                    return self._answer(404, {"error": "not_found"})
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                form = dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
+                form["content-type"] = self.headers.get("Content-Type", "")
+                fake.token.append(form)
+                grant = fake._codes.pop(form.get("code", ""), None)  # a code is redeemed once
+                if not form["content-type"].startswith("application/x-www-form-urlencoded"):
+                    return self._answer(400, {"error": "invalid_request"})
+                if form.get("grant_type") != "authorization_code" or grant is None:
+                    return self._answer(400, {"error": "invalid_grant"})
+                if form.get("client_id") != grant["client_id"] or form.get("redirect_uri") != grant["redirect_uri"]:
+                    return self._answer(400, {"error": "invalid_grant"})
+                if b64url_sha256(form.get("code_verifier", "")) != grant["code_challenge"]:
+                    return self._answer(400, {"error": "invalid_grant"})
+                access = fake.mint()
+                fake.issued.append(access)
+                body = {
+                    "id_token": "id." + secrets.token_urlsafe(8),
+                    "access_token": access,
+                    "refresh_token": "refresh." + secrets.token_urlsafe(8),
+                    "token_type": "Bearer",
+                    "expires_in": 3600,
+                }
+                return self._answer(200, body)
+
+        return Handler
+
+
+class FakeStage:
+    """API Gateway's part: the stage serves the page through ReadmitAPI with its stage variables (as the Lambda
+    proxy event carries them) and passes every other request on to the API, recording its Authorization header."""
+
+    def __init__(self, api: ReadmitAPI, stage_vars: dict[str, str], upstream: Server) -> None:
+        self.seen: list[tuple[str, str | None]] = []
+        stage = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _relay(self) -> None:
+                if self.command == "GET" and urllib.parse.urlsplit(self.path).path == "/":
+                    response = api.page(Request(stage_vars=stage_vars))
+                    status, headers, data = response.status, response.headers, response.body.encode()
+                    headers = {**headers, "Content-Type": response.content_type}
+                else:
+                    stage.seen.append((self.path, self.headers.get("Authorization")))
+                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+                    forward = {
+                        k: v
+                        for k, v in self.headers.items()
+                        if k.lower() in ("content-type", "accept", "authorization")
+                    }
+                    conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=30)
+                    conn.request(self.command, self.path, body=body, headers=forward)
+                    answer = conn.getresponse()
+                    status, data = answer.status, answer.read()
+                    headers = {
+                        k: v for k, v in answer.getheaders() if k.lower() in ("content-type", "www-authenticate")
+                    }
+                    conn.close()
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _relay
+
+        self.server = _serve(Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+
+def test_cognito_sign_in_with_pkce_then_calls_carry_the_access_token_and_sign_out_clears_it(
+    browser: Any, dev_served: tuple[Server, DevAuth], small_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from playwright.sync_api import expect
+
+    upstream, issuer = dev_served
+    client = "4example5clientid6789abcde"
+    # the fake hands out dev tokens, so the dev server behind the fake stage accepts what the page signed in with
+    cognito = FakeCognito(client, lambda: issuer.issue("clinician-1", ("predict",)))
+    monkeypatch.setattr(page_module, "LOOPBACK_HTTP_FOR_TESTS", True)
+    api = ReadmitAPI(Predictor(ModelProvider(model_uri=str(small_bundle))), authenticator=ApiGatewayAuth())
+    stage = FakeStage(api, {"authDomain": cognito.url, "authClientId": client}, upstream)
+    page_url = stage.url + "/"
+    try:
+        with open_page(browser, page_url) as page:
+            expect(page.locator("#auth-status")).to_have_text("Not signed in")
+            assert page.is_hidden("#token-box") and page.is_hidden("#sign-out")
+            page.get_by_role("button", name="Sign in").click()  # to the hosted UI and back with ?code=…&state=…
+            expect(page.locator("#auth-status")).to_have_text("Signed in")
+            page.wait_for_selector("body[data-ready='true']")
+            assert page.url == page_url  # code and state are gone from the address bar
+
+            [asked] = cognito.authorize
+            assert asked["response_type"] == "code" and asked["client_id"] == client
+            assert asked["redirect_uri"] == page_url and asked["scope"] == "openid readmit/predict"
+            assert asked["code_challenge_method"] == "S256" and len(asked["state"]) >= 16
+            [sent] = cognito.token
+            assert sent["content-type"].startswith("application/x-www-form-urlencoded")
+            assert sent["grant_type"] == "authorization_code" and sent["client_id"] == client
+            assert sent["redirect_uri"] == page_url
+            verifier = sent["code_verifier"]
+            assert re.fullmatch(r"[A-Za-z0-9\-._~]{43,128}", verifier)  # RFC 7636 section 4.1
+            assert b64url_sha256(verifier) == asked["code_challenge"]
+            [token] = cognito.issued
+            stored = page.evaluate("JSON.parse(sessionStorage.getItem('readmit.token'))")
+            assert stored["token"] == token and stored["expires"] > 0
+            assert page.evaluate("sessionStorage.getItem('readmit.pkce')") is None  # the verifier is used once
+            assert page.evaluate("localStorage.length") == 0
+            assert "clinician-1" not in page.inner_text("body")  # nobody's name is shown, only "Signed in"
+
+            with page.expect_request(lambda r: r.url.endswith("/predict")) as request:
+                page.get_by_role("button", name="Estimate risk").click()
+            assert request.value.headers["authorization"] == f"Bearer {token}"
+            page.wait_for_selector("#risk-value")
+            assert ("/predict", f"Bearer {token}") in stage.seen
+            shoot(page, "signed-in.png")
+
+            page.get_by_role("button", name="Sign out").click()  # to /logout and back to the page
+            expect(page.locator("#auth-status")).to_have_text("Not signed in")
+            assert cognito.logout == [{"client_id": client, "logout_uri": page_url}]
+            assert page.evaluate("sessionStorage.getItem('readmit.token')") is None
+
+            # a token past its expiry is dropped before a call, not sent
+            page.evaluate(
+                "sessionStorage.setItem('readmit.token', JSON.stringify({token: 'old', expires: Date.now() - 1}))"
+            )
+            with page.expect_request(lambda r: r.url.endswith("/predict")) as request:
+                page.get_by_role("button", name="Estimate risk").click()
+            assert "authorization" not in request.value.headers
+            expect(page.locator("#auth-status")).to_have_text("Your sign-in has expired: sign in again.")
+            expect(page.get_by_role("button", name="Sign in again")).to_be_visible()
+            assert page.evaluate("sessionStorage.getItem('readmit.token')") is None
+
+            # an answer with another state than the sign-in under way in this tab is refused without a token request
+            page.evaluate(
+                "sessionStorage.setItem('readmit.pkce', JSON.stringify({verifier: 'v'.repeat(64), state: 'ours'}))"
+            )
+            page.goto(page_url + "?code=forged&state=forged")
+            expect(page.locator("#auth-status")).to_contain_text("Sign-in failed")
+            assert len(cognito.token) == 1 and page.url == page_url
+            assert page.evaluate("sessionStorage.getItem('readmit.token')") is None
+    finally:
+        stage.server.shutdown()
+        cognito.server.shutdown()

@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from chalicelib.auth import SCOPES, DevAuth
 from chalicelib.openapi import document
 from tests.conftest import SIMILAR_SALT
 from tests.test_server_e2e import free_port
@@ -86,6 +87,20 @@ def map_case(ctx: schemathesis.HookContext, case: schemathesis.Case) -> schemath
     return case
 
 
+DEV_SECRET = "contract-fuzz-dev-secret-of-forty-characters"
+TOKEN = DevAuth(DEV_SECRET).issue("schemathesis", SCOPES, ttl_seconds=24 * 3600)
+
+
+def _drops_security(case: schemathesis.Case) -> bool:
+    """A negative case whose header part is the mutation: the document's only header is the bearer token, so it
+    is sent as generated (missing, or not a token) and must be refused. Every other case carries a valid token."""
+    components = getattr(case.meta, "components", None) or {}
+    return any(
+        getattr(where, "value", where) == "header" and getattr(info.mode, "value", info.mode) == "negative"
+        for where, info in components.items()
+    )
+
+
 @dataclass
 class Served:
     url: str
@@ -93,7 +108,10 @@ class Served:
 
     def post(self, path: str, body: bytes) -> tuple[int, Any]:
         req = urllib.request.Request(
-            self.url + path, data=body, method="POST", headers={"Content-Type": "application/json"}
+            self.url + path,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
         )
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
@@ -116,8 +134,10 @@ def served(small_bundle: Path, sample_index: Path, tmp_path_factory: pytest.Temp
         "READMIT_INDEX_DIR": str(sample_index),
         "PYTHONUNBUFFERED": "1",
         "POWERTOOLS_METRICS_DISABLED": "true",
+        "READMIT_DEV_AUTH_SECRET": DEV_SECRET,
     }
     command = [sys.executable, "-m", "chalicelib.cli", "serve", "--port", str(port), "--model", str(small_bundle)]
+    command += ["--auth", "dev"]  # the document declares bearer tokens: a request without one must get its 401
     with log_path.open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
@@ -141,6 +161,8 @@ def served(small_bundle: Path, sample_index: Path, tmp_path_factory: pytest.Temp
 @schema.parametrize()
 @settings(deadline=timedelta(seconds=5))  # per request, with room for a shared 2-core machine (they take ~2 ms)
 def test_every_answer_conforms_to_the_openapi_document(case: schemathesis.Case, served: Served) -> None:
+    if not _drops_security(case):
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {TOKEN}"}
     case.call_and_validate(base_url=served.url, checks=CHECKS)
 
 

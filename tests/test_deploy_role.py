@@ -198,6 +198,31 @@ ALLOWANCES: tuple[Allowance, ...] = (
         "contributor insights and replicas only",
         _has("ContributorInsightsSpecification"),
     ),
+    # -- Cognito: Cognito's default email (no SES identity), no analytics, a prefix domain, no custom attributes
+    Allowance(
+        "AWS::Cognito::UserPool",
+        "iam:CreateServiceLinkedRole",
+        "the SES email role: only with EmailConfiguration (DEVELOPER sending)",
+        _has("EmailConfiguration"),
+    ),
+    Allowance(
+        "AWS::Cognito::UserPoolClient",
+        "iam:CreateServiceLinkedRole",
+        "only with AnalyticsConfiguration (Amazon Pinpoint)",
+        _has("AnalyticsConfiguration"),
+    ),
+    Allowance(
+        "AWS::Cognito::UserPoolDomain",
+        "cloudfront:*",
+        "only with a custom domain (CustomDomainConfig)",
+        _has("CustomDomainConfig"),
+    ),
+    Allowance(
+        "AWS::Cognito::UserPool",
+        "cognito-idp:AddCustomAttributes",
+        "custom attributes: only with a Schema",
+        _has("Schema"),
+    ),
     # -- S3: buckets are tagged through PutBucketTagging; no metadata tables, replication, object lock or website
     Allowance(
         "AWS::S3::Bucket",

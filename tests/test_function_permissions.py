@@ -203,7 +203,7 @@ def test_a_method_overridden_in_a_live_subclass_is_reached_through_the_base_type
 def test_the_operation_map_follows_the_documented_exceptions() -> None:
     assert iam_actions.iam_actions("s3", "ListObjectsV2") == ("s3:ListBucket",)
     assert iam_actions.iam_actions("s3", "HeadObject") == ("s3:GetObject",)
-    assert iam_actions.iam_actions("bedrock-runtime", "Converse") == ("bedrock:InvokeModel",)
+    assert iam_actions.iam_actions("bedrock-runtime", "Converse") == ("bedrock:InvokeModel", "bedrock:ApplyGuardrail")
     assert iam_actions.iam_actions("bedrock-runtime", "InvokeModel") == ("bedrock:InvokeModel",)
     assert iam_actions.iam_actions("sqs", "SendMessageBatch") == ("sqs:SendMessage",)
     assert iam_actions.iam_actions("dynamodb", "Query") == ("dynamodb:Query",)

@@ -40,7 +40,8 @@ def example() -> dict[str, Any]:
 def lambda_call(route: str, body: bytes, model: Path | None = None, query: dict | None = None) -> tuple[int, Any]:
     """The route through template.yaml's ApiFunction (app.py's Chalice app), as API Gateway would call it."""
     event = fixture("api_predict.json")
-    context = {**event["requestContext"], "resourcePath": route, "path": route}
+    # a service client's claims (readmit/predict and readmit/admin): every route is open to it, so only the body
+    context = {**fixture("api_predict_batch.json")["requestContext"], "resourcePath": route, "path": route}
     event = {**event, "resource": route, "path": route, "body": body.decode(), "requestContext": context}
     event["queryStringParameters"] = query
     env = {"READMIT_MODEL": str(model)} if model else {"READMIT_REGISTRY": "/nonexistent/registry"}

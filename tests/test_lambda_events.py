@@ -72,6 +72,10 @@ def test_a_wrong_method_on_a_route_resource_gets_the_same_405(small_bundle: Path
     """Should a resource ever route a method the app lacks, Chalice's own 405 is not what the caller sees."""
     event = json.loads((EVENTS / "api_health.json").read_text())
     event["httpMethod"] = event["requestContext"]["httpMethod"] = "DELETE"
+    # through a method with the authorizer, as the catch-all has: a caller the app does not know gets a 401 first
+    event["requestContext"]["authorizer"] = json.loads((EVENTS / "api_predict.json").read_text())["requestContext"][
+        "authorizer"
+    ]
     response = run("ApiFunction", event, READMIT_MODEL=str(small_bundle))
     assert response["statusCode"] == 405 and response["headers"]["Allow"] == "GET"
     assert json.loads(response["body"])["error"] == "method not allowed"

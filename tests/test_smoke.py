@@ -1,22 +1,28 @@
 """`readmit smoke --stack NAME` against a stack created in moto (CloudFormation outputs naming a moto S3 bucket, KMS
-key, state machine and API key) and the real local API server over HTTP (`readmit serve`, a trained test model)."""
+key, state machine, API key, and Cognito user pool and app clients) and the real local API server over HTTP
+(`readmit serve --auth dev`, a trained test model), with a local OAuth 2.0 token endpoint that answers as Cognito's
+does for the moto app client."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import boto3
 import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from chalicelib import batch_job, smoke
+from chalicelib import auth, batch_job, smoke
 from chalicelib.audit import open_prediction_log
 from chalicelib.batch_rows import RowValidator, from_items, prepare
 from chalicelib.cli import main as cli_main
@@ -45,13 +51,102 @@ PROMOTED = {  # ends as the retraining ends: Done (Succeed) with $.decision from
     },
 }
 FAILED = {"StartAt": "Failed", "States": {"Failed": {"Type": "Fail", "Error": "RetrainingFailed", "Cause": "x"}}}
+DEV_SECRET = "smoke-dev-auth-secret-long-enough-for-hs256"  # `readmit serve --auth dev`'s signing key (>= 32 chars)
+# where a stack's TokenUrl points when the test's http is a fake that never reaches it (a Cognito prefix domain)
+COGNITO_TOKEN_URL = "https://readmit-dev-123456789012.auth.us-east-1.amazoncognito.com/oauth2/token"
+
+
+# ---- the token endpoint --------------------------------------------------------------------------------------------
+class TokenEndpoint:
+    """Cognito's /oauth2/token for client credentials, as documented
+    (https://docs.aws.amazon.com/cognito/latest/developerguide/token-endpoint.html): a form-encoded POST, the client
+    authenticated by ``Authorization: Basic Base64Encode(client_id:client_secret)``, ``grant_type=client_credentials``
+    and scopes the app client allows; the answer is JSON ``access_token``, ``expires_in``, ``token_type`` "Bearer",
+    and a refusal is HTTP 400 with ``{"error": "invalid_client" | "invalid_scope" | ...}``. The access token is a
+    dev token (`readmit serve --auth dev` verifies it) with the granted scopes and the client id as its subject, as
+    Cognito's client-credentials tokens have."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, tuple[str, frozenset[str]]] = {}  # client id -> (secret, allowed scopes)
+        self.issued: list[str] = []
+        self.mint: Callable[[str, tuple[str, ...]], str] = self.dev_token
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                status, answer = endpoint.answer(self.path, dict(self.headers), self.rfile.read(length))
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json;charset=UTF-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/oauth2/token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def reset(self) -> None:
+        self.clients, self.issued, self.mint = {}, [], self.dev_token
+
+    @staticmethod
+    def dev_token(client_id: str, scopes: tuple[str, ...]) -> str:
+        return auth.DevAuth(DEV_SECRET).issue(client_id, scopes)
+
+    def register(self, client_id: str, secret: str, scopes: list[str]) -> None:
+        self.clients[client_id] = (secret, frozenset(scopes))
+
+    def answer(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        headers = {k.lower(): v for k, v in headers.items()}
+        if path != "/oauth2/token" or headers.get("content-type") != "application/x-www-form-urlencoded":
+            return 400, {"error": "invalid_request"}
+        scheme, _, encoded = headers.get("authorization", "").partition(" ")
+        try:
+            client_id, _, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except ValueError:
+            return 400, {"error": "invalid_client"}
+        known = self.clients.get(client_id)
+        if scheme != "Basic" or known is None or known[0] != secret:
+            return 400, {"error": "invalid_client"}
+        form = {k: v[-1] for k, v in parse_qs(body.decode()).items()}
+        if form.get("grant_type") != "client_credentials":
+            return 400, {"error": "unsupported_grant_type"}
+        requested = (form.get("scope") or " ".join(known[1])).split()
+        if not requested or not set(requested) <= known[1]:
+            return 400, {"error": "invalid_scope"}
+        prefix = f"{auth.RESOURCE_SERVER}/"
+        token = self.mint(client_id, tuple(s.removeprefix(prefix) for s in requested))
+        self.issued.append(token)
+        return 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def token_server() -> Iterator[TokenEndpoint]:
+    endpoint = TokenEndpoint()
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.fixture
+def tokens(token_server: TokenEndpoint) -> TokenEndpoint:
+    """The token endpoint, knowing no client yet and minting tokens the dev server accepts."""
+    token_server.reset()
+    return token_server
 
 
 # ---- the stack -----------------------------------------------------------------------------------------------------
-def stack_template(api_url: str, api_key_id: str, state_machine_arn: str) -> str:
-    """The real template's Outputs the smoke test reads, over real (moto) resources. The API key and the state
-    machine are made through their own APIs (moto's CloudFormation has no API key, and its state machines are not
-    the ones moto's interpreter runs)."""
+def stack_template(api_url: str, api_key_id: str, state_machine_arn: str, cognito: dict[str, str]) -> str:
+    """The real template's Outputs the smoke test reads, over real (moto) resources. The API key, the state
+    machine and the Cognito user pool are made through their own APIs (moto's CloudFormation has no API key, and
+    its state machines are not the ones moto's interpreter runs); ``cognito`` holds the user pool's outputs."""
     return json.dumps(
         {
             "Resources": {
@@ -68,15 +163,52 @@ def stack_template(api_url: str, api_key_id: str, state_machine_arn: str) -> str
                 "DataKeyArn": {"Value": {"Fn::GetAtt": ["DataKey", "Arn"]}},
                 "BatchIncomingUri": {"Value": {"Fn::Sub": "s3://${DataBucket}/incoming/"}},
                 "NotificationTopicArn": {"Value": "arn:aws:sns:us-east-1:123456789012:unused"},  # extra: ignored
+                **{name: {"Value": value} for name, value in cognito.items()},
             },
         }
     )
+
+
+def user_pool(token_url: str) -> tuple[dict[str, str], str]:
+    """Inside mock_aws: template.yaml's Cognito block (UserPool, ApiResourceServer, ClinicianClient, ServiceClient)
+    through cognito-idp's own API; its five outputs, and the ServiceClient's secret as Cognito generated it."""
+    cognito = boto3.client("cognito-idp", region_name=REGION)
+    pool = cognito.create_user_pool(PoolName="readmit-dev")["UserPool"]["Id"]
+    scopes = [{"ScopeName": s, "ScopeDescription": s} for s in auth.SCOPES]
+    cognito.create_resource_server(UserPoolId=pool, Identifier=auth.RESOURCE_SERVER, Name="readmit API", Scopes=scopes)
+    page = cognito.create_user_pool_client(
+        UserPoolId=pool,
+        ClientName="readmit-clinician-page",
+        GenerateSecret=False,
+        AllowedOAuthFlowsUserPoolClient=True,
+        AllowedOAuthFlows=["code"],
+        AllowedOAuthScopes=["openid", "readmit/predict"],
+        CallbackURLs=["https://abc123.execute-api.us-east-1.amazonaws.com/dev/"],
+    )["UserPoolClient"]
+    service = cognito.create_user_pool_client(
+        UserPoolId=pool,
+        ClientName="readmit-service",
+        GenerateSecret=True,
+        AllowedOAuthFlowsUserPoolClient=True,
+        AllowedOAuthFlows=["client_credentials"],
+        AllowedOAuthScopes=["readmit/predict", "readmit/admin"],
+    )["UserPoolClient"]
+    domain = token_url.removesuffix("/oauth2/token")
+    outputs = {
+        "UserPoolId": pool,
+        "AuthDomain": domain,
+        "TokenUrl": token_url,
+        "ClinicianClientId": page["ClientId"],
+        "ServiceClientId": service["ClientId"],
+    }
+    return outputs, service["ClientSecret"]
 
 
 @dataclass
 class Stack:
     aws: smoke.AwsClients
     outputs: dict[str, str]
+    client_secret: str | None = None
 
     @property
     def data_bucket(self) -> str:
@@ -92,21 +224,37 @@ class Stack:
         return [o["Key"] for o in listed]
 
 
-def deploy(api_url: str, definition: dict[str, Any] = STILL_RUNNING, training_data: bool = True) -> Stack:
-    """Inside mock_aws: the API key, then the stack; the training data uploaded as the README says."""
+def deploy(
+    api_url: str,
+    definition: dict[str, Any] = STILL_RUNNING,
+    training_data: bool = True,
+    *,
+    tokens: TokenEndpoint | None = None,
+    cognito: bool = True,
+    without: tuple[str, ...] = (),
+) -> Stack:
+    """Inside mock_aws: the API key, the user pool (unless ``cognito`` is False: a stack from before issue #16),
+    then the stack; the training data uploaded as the README says. With ``tokens``, the stack's TokenUrl is that
+    endpoint and it knows the ServiceClient's id and secret; without, TokenUrl is a Cognito domain nobody calls.
+    ``without`` leaves those Cognito outputs out (a template that lost one)."""
     session = boto3.Session(region_name=REGION)
     key = session.client("apigateway").create_api_key(name="readmit-dev", enabled=True, value=KEY_VALUE)
     machine = session.client("stepfunctions").create_state_machine(
         name="readmit-retrain-dev", definition=json.dumps(definition), roleArn=ROLE
     )
+    pool, secret = user_pool(tokens.url if tokens else COGNITO_TOKEN_URL) if cognito else ({}, None)
+    if tokens and secret:
+        tokens.register(pool["ServiceClientId"], secret, ["readmit/predict", "readmit/admin"])
     cfn = session.client("cloudformation")
-    cfn.create_stack(StackName=STACK, TemplateBody=stack_template(api_url, key["id"], machine["stateMachineArn"]))
+    pool = {name: value for name, value in pool.items() if name not in without}
+    template = stack_template(api_url, key["id"], machine["stateMachineArn"], pool)
+    cfn.create_stack(StackName=STACK, TemplateBody=template)
     described = cfn.describe_stacks(StackName=STACK)["Stacks"][0]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
     aws = smoke.AwsClients.create(REGION)
     if training_data:
         aws.s3.put_object(Bucket=outputs["DataBucketName"], Key=smoke.TRAINING_DATA_KEY, Body=b"encounter_id\n")
-    return Stack(aws, outputs)
+    return Stack(aws, outputs, secret)
 
 
 # ---- HTTP ----------------------------------------------------------------------------------------------------------
@@ -129,13 +277,21 @@ class Recording:
         return smoke.urllib_http(method, url, headers=headers, body=body, timeout=timeout)
 
 
+def serve_with_dev_auth(tmp: Path) -> Server:
+    """`readmit serve --auth dev` verifying tokens signed with DEV_SECRET (the token endpoint's): /predict answers
+    only with a token, as behind the stack's Cognito authorizer."""
+    with pytest.MonkeyPatch.context() as mp:  # start_server passes os.environ to the server
+        mp.setenv(auth.ENV_DEV_SECRET, DEV_SECRET)
+        return start_server(tmp, tmp / "registry", 0.2, "--auth", "dev")
+
+
 @pytest.fixture(scope="module")
 def api(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`readmit serve` on a free port with the small real model as the registry's champion."""
+    """`readmit serve --auth dev` on a free port with the small real model as the registry's champion."""
     tmp = tmp_path_factory.mktemp("smoke-api")
     registry = Registry.open(tmp / "registry")
     registry.promote(registry.register(small_bundle), "smoke test")
-    server = start_server(tmp, tmp / "registry")
+    server = serve_with_dev_auth(tmp)
     yield server
     server.process.terminate()
     server.process.wait(timeout=10)
@@ -145,7 +301,7 @@ def api(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def api_without_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A first deploy: the API runs, the registry has no champion yet."""
     tmp = tmp_path_factory.mktemp("smoke-empty")
-    server = start_server(tmp, tmp / "registry")
+    server = serve_with_dev_auth(tmp)
     yield server
     server.process.terminate()
     server.process.wait(timeout=10)
@@ -167,10 +323,23 @@ def printed(stack: Stack, as_json: bool) -> str:
     return out.getvalue() + err.getvalue()
 
 
+def assert_nothing_secret(text: str, stack: Stack, tokens: TokenEndpoint | None = None) -> None:
+    """Neither the API key's value, the app client's secret (raw or in its Basic form) nor any access token."""
+    assert KEY_VALUE not in text
+    if stack.client_secret:
+        assert stack.client_secret not in text
+        basic = base64.b64encode(f"{stack.outputs['ServiceClientId']}:{stack.client_secret}".encode()).decode()
+        assert basic not in text
+    for token in tokens.issued if tokens else []:
+        assert token not in text and token.split(".")[2] not in text  # nor its signature alone
+
+
 # ---- the all-pass path ---------------------------------------------------------------------------------------------
-def test_a_working_stack_passes_every_check_and_the_key_goes_only_to_predict(api: Server) -> None:
+def test_a_working_stack_passes_every_check_and_the_key_goes_only_to_predict(
+    api: Server, tokens: TokenEndpoint
+) -> None:
     with mock_aws():
-        stack = deploy(api.url)
+        stack = deploy(api.url, tokens=tokens)
         http = Recording()
 
         report = smoke.run(smoke.SmokeOptions(stack=STACK), stack.aws, http=http)
@@ -179,6 +348,7 @@ def test_a_working_stack_passes_every_check_and_the_key_goes_only_to_predict(api
         assert statuses(report) == {
             "stack": "PASS",
             "api-key": "PASS",
+            "token": "PASS",
             "health": "PASS",
             "predict": "PASS",
             "retrain-start": "PASS",
@@ -189,12 +359,28 @@ def test_a_working_stack_passes_every_check_and_the_key_goes_only_to_predict(api
         assert report.exit_code == 0
         checks = by_name(report)
         assert "tier " in checks["predict"].detail and "risk 0." in checks["predict"].detail
+        client_id = stack.outputs["ServiceClientId"]
+        assert checks["token"].detail == (
+            f"readmit/predict for client {client_id}, expires in 3600 s (token and secret not shown)"
+        )
 
-        # /health went without the key, /predict with it (X-API-Key) and the API's example encounter
-        health, predict = http.sent
+        # the token request: the ServiceClient's id and the secret Cognito holds for it, in the documented form
+        token_request, health, predict = http.sent
+        assert (token_request.method, token_request.url) == ("POST", tokens.url)
+        assert token_request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+        basic = base64.b64encode(f"{client_id}:{stack.client_secret}".encode()).decode()
+        assert token_request.headers["Authorization"] == f"Basic {basic}"
+        assert parse_qs((token_request.body or b"").decode()) == {
+            "grant_type": ["client_credentials"],
+            "scope": ["readmit/predict"],
+        }
+        assert "x-api-key" not in {h.lower() for h in token_request.headers}  # the key never goes to Cognito
+
+        # /health went without the key or token, /predict with both (X-API-Key, Bearer) and the API's example
         assert (health.method, health.url) == ("GET", f"{api.url}/health")
-        assert "x-api-key" not in {h.lower() for h in health.headers}
+        assert not {"x-api-key", "authorization"} & {h.lower() for h in health.headers}
         assert (predict.method, predict.url, predict.headers["x-api-key"]) == ("POST", f"{api.url}/predict", KEY_VALUE)
+        assert predict.headers["Authorization"] == f"Bearer {tokens.issued[-1]}"
         assert json.loads(predict.body or b"") == example()
 
         # one retraining started, with exactly the input `readmit retrain --remote` sends (no gate: the stack's)
@@ -218,25 +404,27 @@ def test_a_working_stack_passes_every_check_and_the_key_goes_only_to_predict(api
         assert len(rows) == smoke.SMOKE_ROWS and all(r.reason is None for r in rows)
         assert f"scored/{execution['name']}.csv" in checks["batch-result"].detail
 
-        # AND neither the table nor the JSON shows the key's value
+        # AND neither the table nor the JSON shows the key's value, the client's secret or a token
         for as_json in (False, True):
             text = printed(stack, as_json)
-            assert KEY_VALUE not in text and STACK in text
-        assert KEY_VALUE not in report.model_dump_json()
+            assert STACK in text and "PASS" in text
+            assert_nothing_secret(text, stack, tokens)
+        assert_nothing_secret(report.model_dump_json(), stack, tokens)
 
 
-def test_the_command_prints_a_table_and_json_with_the_same_checks(api: Server) -> None:
+def test_the_command_prints_a_table_and_json_with_the_same_checks(api: Server, tokens: TokenEndpoint) -> None:
     with mock_aws():
-        stack = deploy(api.url)
+        stack = deploy(api.url, tokens=tokens)
         out = io.StringIO()
         with redirect_stdout(out), pytest.MonkeyPatch.context() as mp:
             mp.setattr(smoke.AwsClients, "create", classmethod(lambda cls, region=None: stack.aws))
             code = cli_main(["smoke", "--stack", STACK, "--region", REGION, "--json", "--no-batch"])
         as_json = json.loads(out.getvalue())
         assert code == 0 and as_json["exit_code"] == 0
-        assert [(c["name"], c["status"]) for c in as_json["checks"]][:4] == [
+        assert [(c["name"], c["status"]) for c in as_json["checks"]][:5] == [
             ("stack", "PASS"),
             ("api-key", "PASS"),
+            ("token", "PASS"),
             ("health", "PASS"),
             ("predict", "PASS"),
         ]
@@ -250,8 +438,9 @@ def test_the_command_prints_a_table_and_json_with_the_same_checks(api: Server) -
         lines = table.getvalue().splitlines()
         assert lines[0].split() == ["check", "result", "detail"]
         assert any(line.startswith("predict") and " PASS " in line for line in lines)
+        assert any(line.startswith("token") and " PASS " in line for line in lines)
         assert lines[-1] == f"{STACK}: nothing failed, 4 skipped"
-        assert KEY_VALUE not in out.getvalue() + table.getvalue()
+        assert_nothing_secret(out.getvalue() + table.getvalue(), stack, tokens)
         assert len(stack.executions()) == 1  # the second run had --no-retrain
 
 
@@ -285,10 +474,10 @@ def score_like_the_state_machine(stack: Stack, small_bundle: Path, log_dir: Path
 
 
 def test_with_wait_the_scored_list_is_read_back_and_a_running_retraining_is_reported_as_still_running(
-    api: Server, small_bundle: Path, tmp_path: Path
+    api: Server, tokens: TokenEndpoint, small_bundle: Path, tmp_path: Path
 ) -> None:
     with mock_aws():  # executions stay RUNNING (moto does not run them without execute_state_machine)
-        stack = deploy(api.url)
+        stack = deploy(api.url, tokens=tokens)
         clock = Clock(lambda: score_like_the_state_machine(stack, small_bundle, tmp_path / "log"))
         options = smoke.SmokeOptions(stack=STACK, wait_seconds=120, poll_seconds=10)
 
@@ -316,10 +505,10 @@ def test_with_wait_the_scored_list_is_read_back_and_a_running_retraining_is_repo
     ],
 )
 def test_with_wait_an_ended_retraining_says_how_it_ended(
-    api: Server, definition: dict[str, Any], status: str, detail: str
+    api: Server, tokens: TokenEndpoint, definition: dict[str, Any], status: str, detail: str
 ) -> None:
     with mock_aws(config=MOTO_RUNS):
-        stack = deploy(api.url, definition)
+        stack = deploy(api.url, definition, tokens=tokens)
         options = smoke.SmokeOptions(stack=STACK, batch=False, wait_seconds=30, poll_seconds=0.05)
 
         report = smoke.run(options, stack.aws)  # the real clock: moto runs the execution in a thread
@@ -329,9 +518,9 @@ def test_with_wait_an_ended_retraining_says_how_it_ended(
         assert report.exit_code == (0 if status == "PASS" else 1)
 
 
-def test_a_list_that_is_never_scored_fails_after_the_wait(api: Server) -> None:
+def test_a_list_that_is_never_scored_fails_after_the_wait(api: Server, tokens: TokenEndpoint) -> None:
     with mock_aws():
-        stack = deploy(api.url)
+        stack = deploy(api.url, tokens=tokens)
         clock = Clock()
 
         options = smoke.SmokeOptions(stack=STACK, retrain=False, wait_seconds=60)
@@ -342,9 +531,9 @@ def test_a_list_that_is_never_scored_fails_after_the_wait(api: Server) -> None:
         assert report.exit_code == 1
 
 
-def test_a_scored_list_with_missing_rows_fails(api: Server) -> None:
+def test_a_scored_list_with_missing_rows_fails(api: Server, tokens: TokenEndpoint) -> None:
     with mock_aws():
-        stack = deploy(api.url)
+        stack = deploy(api.url, tokens=tokens)
 
         def short_result() -> None:  # the batch job wrote a list and summary with one row fewer than uploaded
             (key,) = stack.keys("incoming/")
@@ -363,10 +552,164 @@ def test_a_scored_list_with_missing_rows_fails(api: Server) -> None:
         assert report.exit_code == 1
 
 
-# ---- failures --------------------------------------------------------------------------------------------------------
-def test_an_api_that_is_down_fails_health_and_predict() -> None:
+# ---- signing in -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("allowed", "endpoint_secret", "detail"),
+    [
+        (  # the endpoint no longer accepts the secret Cognito gave (say, rotated in between)
+            ["readmit/predict"],
+            "a-secret-the-endpoint-holds-instead-0123456789",
+            "HTTP 400: invalid_client (the ServiceClient's id and secret were refused)",
+        ),
+        (  # the app client may not ask for readmit/predict
+            ["readmit/admin"],
+            None,
+            "HTTP 400: invalid_scope (the app client may not ask for readmit/predict (its AllowedOAuthScopes))",
+        ),
+    ],
+)
+def test_a_refused_token_request_fails_token_and_skips_predict(
+    api: Server, tokens: TokenEndpoint, allowed: list[str], endpoint_secret: str | None, detail: str
+) -> None:
     with mock_aws():
-        stack = deploy(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+        stack = deploy(api.url, tokens=tokens)
+        client_id = stack.outputs["ServiceClientId"]
+        tokens.register(client_id, endpoint_secret or stack.client_secret or "", allowed)
+        http = Recording()
+
+        report = smoke.run(smoke.SmokeOptions(stack=STACK, retrain=False, batch=False), stack.aws, http=http)
+
+        checks = by_name(report)
+        assert (checks["token"].status, checks["token"].detail) == ("FAIL", detail)
+        assert (checks["predict"].status, checks["predict"].detail) == (
+            "SKIP",
+            "no access token to call it with (see token)",
+        )
+        assert [sent.url for sent in http.sent] == [tokens.url, f"{api.url}/health"]  # /predict was not called
+        assert report.exit_code == 1 and tokens.issued == []
+        for as_json in (False, True):
+            assert_nothing_secret(printed(stack, as_json), stack, tokens)
+
+
+def test_a_service_client_cognito_does_not_know_fails_token_with_its_error(api: Server, tokens: TokenEndpoint) -> None:
+    with mock_aws():
+        stack = deploy(api.url, tokens=tokens)
+        client_id, pool = stack.outputs["ServiceClientId"], stack.outputs["UserPoolId"]
+        stack.aws.cognito.delete_user_pool_client(UserPoolId=pool, ClientId=client_id)  # deleted by hand
+
+        report = smoke.run(smoke.SmokeOptions(stack=STACK, retrain=False, batch=False), stack.aws)
+
+        checks = by_name(report)
+        assert checks["token"].status == "FAIL"
+        assert checks["token"].detail.startswith(f"DescribeUserPoolClient {client_id}: ResourceNotFoundException: ")
+        assert checks["predict"].status == "SKIP" and report.exit_code == 1
+
+
+def test_a_stack_from_before_tokens_skips_token_and_predict_gets_the_token_hint(api: Server) -> None:
+    with mock_aws():
+        stack = deploy(api.url, cognito=False)
+        http = Recording()
+
+        report = smoke.run(smoke.SmokeOptions(stack=STACK, retrain=False, batch=False), stack.aws, http=http)
+
+        checks = by_name(report)
+        assert (checks["token"].status, checks["token"].detail) == (
+            "SKIP",
+            "the stack has no UserPoolId, TokenUrl, ServiceClientId outputs (deployed before the API required tokens)",
+        )
+        # /predict was still tried, with the key only; the dev-auth server wants a token
+        (predict,) = [sent for sent in http.sent if sent.url.endswith("/predict")]
+        assert predict.headers["x-api-key"] == KEY_VALUE and "Authorization" not in predict.headers
+        assert (checks["predict"].status, checks["predict"].detail) == (
+            "FAIL",
+            "HTTP 401: unauthenticated (the API wants an access token: a bearer access token is required; the stack "
+            "has no UserPoolId, TokenUrl, ServiceClientId outputs to get one)",
+        )
+        assert report.exit_code == 1
+
+
+def test_a_stack_missing_one_cognito_output_fails_token(api: Server, tokens: TokenEndpoint) -> None:
+    with mock_aws():
+        stack = deploy(api.url, tokens=tokens, without=("TokenUrl",))
+
+        report = smoke.run(smoke.SmokeOptions(stack=STACK, retrain=False, batch=False), stack.aws)
+
+        checks = by_name(report)
+        assert (checks["token"].status, checks["token"].detail) == ("FAIL", "the stack lacks TokenUrl")
+        assert checks["predict"].status == "SKIP" and report.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("mint", "detail"),
+    [
+        (  # signed with another key: the API cannot verify it
+            lambda client_id, scopes: auth.DevAuth("another-secret-that-is-also-long-enough").issue(client_id, scopes),
+            "HTTP 401: unauthenticated (the token was refused: the token is not valid (InvalidSignatureError))",
+        ),
+        (  # a valid token without readmit/predict
+            lambda client_id, scopes: auth.DevAuth(DEV_SECRET).issue(client_id, (auth.ADMIN,)),
+            "HTTP 403: forbidden (the token was refused: the token lacks the scope readmit/predict)",
+        ),
+    ],
+)
+def test_a_token_the_api_refuses_gets_the_token_hint_not_the_key_hint(
+    api: Server, tokens: TokenEndpoint, mint: Callable[[str, tuple[str, ...]], str], detail: str
+) -> None:
+    with mock_aws():
+        stack = deploy(api.url, tokens=tokens)
+        tokens.mint = mint
+
+        report = smoke.run(smoke.SmokeOptions(stack=STACK, retrain=False, batch=False), stack.aws)
+
+        checks = by_name(report)
+        assert checks["token"].status == "PASS"
+        assert (checks["predict"].status, checks["predict"].detail) == ("FAIL", detail)
+        assert_nothing_secret(report.model_dump_json(), stack, tokens)
+
+
+def test_a_token_or_secret_echoed_back_is_masked() -> None:
+    """Hostile echoes: the API's 401 quotes the token, and the token endpoint's answer carries no token_type but
+    the secret in free text; neither reaches the report."""
+
+    def http(method: str, url: str, *, headers: dict[str, str], body: bytes | None, timeout: float):
+        if token := token_answer(url):
+            return token
+        if url.endswith("/health"):
+            return smoke.HttpResponse(status=200, body=b'{"status": "ok", "ready": true, "model_version": "v"}')
+        said = {"field": "Authorization", "message": f"refused {headers['Authorization']}, {headers['x-api-key']}"}
+        echo = {"error": "unauthenticated", "details": [said]}
+        return smoke.HttpResponse(status=401, body=json.dumps(echo).encode(), content_type="application/json")
+
+    with mock_aws():
+        stack = deploy("https://abc123.execute-api.us-east-1.amazonaws.com/dev")
+        report = smoke.run(smoke.SmokeOptions(stack=STACK, retrain=False, batch=False), stack.aws, http=http)
+
+    check = by_name(report)["predict"]
+    assert check.detail == "HTTP 401: unauthenticated (the token was refused: refused Bearer ***, ***)"
+    assert FAKE_TOKEN not in report.model_dump_json() and KEY_VALUE not in report.model_dump_json()
+
+    def leaky(method: str, url: str, *, headers: dict[str, str], body: bytes | None, timeout: float):
+        if url == COGNITO_TOKEN_URL:  # a 200 that is not the documented answer, quoting the credentials
+            answer = {"access_token": FAKE_TOKEN, "error_description": headers["Authorization"]}
+            return smoke.HttpResponse(status=200, body=json.dumps(answer).encode(), content_type="application/json")
+        return http(method, url, headers=headers, body=body, timeout=timeout)
+
+    with mock_aws():
+        stack = deploy("https://abc123.execute-api.us-east-1.amazonaws.com/dev")
+        report = smoke.run(smoke.SmokeOptions(stack=STACK, retrain=False, batch=False), stack.aws, http=leaky)
+
+    checks = by_name(report)
+    assert checks["token"].status == "FAIL" and checks["token"].detail.startswith("HTTP 200 but not a token answer (")
+    assert "expires_in" in checks["token"].detail and "token_type" in checks["token"].detail
+    assert checks["predict"].status == "SKIP"
+    assert_nothing_secret(report.model_dump_json(), stack)
+    assert FAKE_TOKEN not in report.model_dump_json()
+
+
+# ---- failures --------------------------------------------------------------------------------------------------------
+def test_an_api_that_is_down_fails_health_and_predict(tokens: TokenEndpoint) -> None:
+    with mock_aws():
+        stack = deploy(f"http://127.0.0.1:{free_port()}", tokens=tokens)  # nothing listens there
 
         report = smoke.run(smoke.SmokeOptions(stack=STACK, retrain=False, batch=False), stack.aws)
 
@@ -377,10 +720,10 @@ def test_an_api_that_is_down_fails_health_and_predict() -> None:
 
 
 def test_a_first_deploy_without_a_champion_fails_health_and_predict_but_starts_the_retraining(
-    api_without_model: Server,
+    api_without_model: Server, tokens: TokenEndpoint
 ) -> None:
     with mock_aws():
-        stack = deploy(api_without_model.url)
+        stack = deploy(api_without_model.url, tokens=tokens)
 
         report = smoke.run(smoke.SmokeOptions(stack=STACK, batch=False), stack.aws)
 
@@ -391,8 +734,21 @@ def test_a_first_deploy_without_a_champion_fails_health_and_predict_but_starts_t
         assert report.exit_code == 1
 
 
+FAKE_TOKEN = "header.payload.signature-of-a-fake-access-token"
+
+
+def token_answer(url: str) -> smoke.HttpResponse | None:
+    """A fake http's answer at the stack's (Cognito) TokenUrl: the documented success JSON."""
+    if url != COGNITO_TOKEN_URL:
+        return None
+    answer = {"access_token": FAKE_TOKEN, "expires_in": 3600, "token_type": "Bearer"}
+    return smoke.HttpResponse(status=200, body=json.dumps(answer).encode(), content_type="application/json")
+
+
 def test_a_predict_answer_of_the_wrong_shape_fails() -> None:
     def http(method: str, url: str, *, headers: dict[str, str], body: bytes | None, timeout: float):
+        if token := token_answer(url):
+            return token
         answer: dict[str, Any] = {"risk": 1.4, "risk_tier": "very high", "threshold": 0.2, "model_version": "v"}
         answer |= {"history_encounters": 0, "request_id": "r"}
         if url.endswith("/health"):
@@ -410,6 +766,8 @@ def test_a_predict_answer_of_the_wrong_shape_fails() -> None:
 
 def test_a_gateway_refusal_names_the_status_and_never_echoes_the_key() -> None:
     def http(method: str, url: str, *, headers: dict[str, str], body: bytes | None, timeout: float):
+        if token := token_answer(url):
+            return token
         if url.endswith("/health"):
             return smoke.HttpResponse(status=200, body=b'{"status": "ok", "ready": true, "model_version": "v"}')
         echo = {"message": f"Forbidden for key {headers['x-api-key']}"}  # a hostile echo: still masked
@@ -421,6 +779,7 @@ def test_a_gateway_refusal_names_the_status_and_never_echoes_the_key() -> None:
 
     check = by_name(report)["predict"]
     assert check.status == "FAIL" and check.detail.startswith("HTTP 403: Forbidden for key ***")
+    assert check.detail.endswith("(API Gateway rejected the key: is it in the stack's usage plan?)")
     assert KEY_VALUE not in report.model_dump_json()
 
 
@@ -505,3 +864,9 @@ def test_the_stack_outputs_refuse_plain_http_to_another_host() -> None:
     assert smoke.StackOutputs.model_validate(base | {"ApiUrl": "http://127.0.0.1:8000"}).api_url
     with pytest.raises(ValueError, match="https"):
         smoke.StackOutputs.model_validate(base | {"ApiUrl": "http://a.example/dev"})
+    # the app client's secret goes to TokenUrl: the same rule; absent (an older stack) is allowed
+    base |= {"ApiUrl": "https://a.example/dev"}
+    assert smoke.StackOutputs.model_validate(base | {"TokenUrl": COGNITO_TOKEN_URL}).token_url == COGNITO_TOKEN_URL
+    assert smoke.StackOutputs.model_validate(base).missing_auth == ["UserPoolId", "TokenUrl", "ServiceClientId"]
+    with pytest.raises(ValueError, match=r"(?s)TokenUrl.*https"):
+        smoke.StackOutputs.model_validate(base | {"TokenUrl": "http://readmit.auth.example/oauth2/token"})

@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chalicelib import page as page_module
 from chalicelib.api import ReadmitAPI, Request
 from chalicelib.api_models import parse_encounter_body
+from chalicelib.auth import ApiGatewayAuth, DevAuth
 from chalicelib.capacity import capture_curve
 from chalicelib.card import to_html
 from chalicelib.model_provider import ModelProvider
 from chalicelib.openapi import EXAMPLE, document
+from chalicelib.page import INVALID_SETTINGS, PageAuth, clinician_page, page_auth
 from chalicelib.service import Predictor
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
@@ -166,3 +169,117 @@ def test_the_model_route_exposes_the_holdout_capacity_which_beats_random_flaggin
     assert captures == sorted(captures) and captures[-1] == 1.0
     assert captures[19] > 0.25  # random flagging of 20% catches 20% of readmissions
     assert "## Capacity: flagging the top q% of patients" in (small_bundle / "model_card.md").read_text()
+
+
+# ---- how the page signs in (issue #16) ----------------------------------------------------------------------------
+DOMAIN = "https://readmit-prod-123456789012.auth.us-east-1.amazoncognito.com"
+CLIENT = "1example23456789abcdefghij"
+STAGE = {"authDomain": DOMAIN, "authClientId": CLIENT}
+_CONFIG = re.compile(r'<script type="application/json" id="readmit-auth">(.*?)</script>', re.S)
+
+
+def _config(html: str) -> dict:
+    [text] = _CONFIG.findall(html)
+    return json.loads(text)
+
+
+def test_page_auth_follows_the_mode_and_the_stage_variables() -> None:
+    assert page_auth("none", STAGE) == PageAuth(signin="none")
+    assert page_auth("dev", STAGE) == PageAuth(signin="token")  # dev tokens are not Cognito's: no hosted UI
+    for mode in ("jwks", "apigateway"):
+        assert page_auth(mode, {}) == PageAuth(signin="token")
+        assert page_auth(mode, STAGE) == PageAuth(signin="cognito", domain=DOMAIN, client_id=CLIENT)
+    # a trailing slash, upper case and the default port name the same origin
+    same = page_auth(
+        "apigateway", {"authDomain": DOMAIN.upper().replace("HTTPS", "https") + ":443/", "authClientId": CLIENT}
+    )
+    assert same.domain == DOMAIN
+    assert page_auth("apigateway", {**STAGE, "authDomain": "https://auth.example.org:8443"}).domain == (
+        "https://auth.example.org:8443"
+    )  # a custom domain
+    with pytest.raises(ValueError):
+        page_auth("cognito", STAGE)
+
+
+@pytest.mark.parametrize(
+    ("domain", "client"),
+    [
+        ("http://readmit.auth.us-east-1.amazoncognito.com", CLIENT),  # not https
+        ("https://readmit.auth.us-east-1.amazoncognito.com/oauth2", CLIENT),  # a path
+        ("https://readmit.auth.us-east-1.amazoncognito.com/?next=evil", CLIENT),  # a query
+        ("https://readmit.auth.us-east-1.amazoncognito.com#evil", CLIENT),  # a fragment
+        ("https://evil@readmit.auth.us-east-1.amazoncognito.com", CLIENT),  # user info
+        ("https://readmit.auth.us-east-1.amazoncognito.com:99999", CLIENT),  # no such port
+        ("https://evilhost", CLIENT),  # no dot: not a public DNS name
+        ("https://evil.example.com; script-src *", CLIENT),  # would widen the CSP
+        ('https://evil.example.com/"><script>alert(1)</script>', CLIENT),
+        ("javascript:alert('evil')", CLIENT),
+        ("http://127.0.0.1:9", CLIENT),  # loopback http is for tests only, and off here
+        (DOMAIN, None),  # one of the two is missing
+        (None, CLIENT),
+        (DOMAIN, "evil client"),
+        (DOMAIN, "evil<script>alert(1)</script>"),
+        (DOMAIN, "evil" + "x" * 125),  # 129 characters: more than ClientIdType's 128
+        (DOMAIN, "evil\u00e9"),  # Java's \w in ClientIdType is ASCII
+    ],
+)
+def test_invalid_stage_variables_fall_back_to_the_token_box_and_never_reach_the_page(
+    domain: str | None, client: str | None
+) -> None:
+    stage = {k: v for k, v in (("authDomain", domain), ("authClientId", client)) if v is not None}
+    setting = page_auth("apigateway", stage)
+    assert setting == PageAuth(signin="token", notice=INVALID_SETTINGS)
+    html, headers = clinician_page(setting)
+    assert _config(html)["signin"] == "token" and _config(html)["domain"] is None
+    csp = headers["Content-Security-Policy"]
+    for value in stage.values():
+        assert value not in html and value not in csp
+    assert "evil" not in html.lower() and "evil" not in csp
+    assert "connect-src 'self';" in csp
+
+
+def test_the_config_is_inert_escaped_json_and_only_cognito_widens_connect_src() -> None:
+    hostile = PageAuth(signin="token", notice="</script><script>alert(1)</script><!-- & -->")
+    html, headers = clinician_page(hostile)
+    [text] = _CONFIG.findall(html)
+    assert not {"<", ">", "&"} & set(text)  # escaped as \u003c, \u003e, \u0026: the element cannot be closed
+    assert json.loads(text)["notice"] == hostile.notice
+    assert html.count("<script") == 2 and "alert(1)</script>" not in html
+
+    cognito_html, cognito_headers = clinician_page(page_auth("apigateway", STAGE))
+    assert _config(cognito_html) == {
+        "signin": "cognito",
+        "domain": DOMAIN,
+        "client_id": CLIENT,
+        "scope": "openid readmit/predict",
+        "notice": None,
+    }
+    policies = {
+        name: headers["Content-Security-Policy"]
+        for name, headers in (("cognito", cognito_headers), ("token", headers), ("none", clinician_page(PageAuth())[1]))
+    }
+    assert f"connect-src 'self' {DOMAIN};" in policies["cognito"]
+    assert "connect-src 'self';" in policies["token"] and "connect-src 'self';" in policies["none"]
+    for policy in policies.values():  # the sign-in is a navigation, never a form; the script's hash is the same
+        assert "form-action 'none'" in policy and "default-src 'none'" in policy
+        assert policy.split("; ")[1] == policies["none"].split("; ")[1]
+    assert clinician_page(page_auth("apigateway", STAGE)) is clinician_page(page_auth("jwks", STAGE))  # one build
+
+
+def test_loopback_http_is_accepted_only_while_a_test_allows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = {"authDomain": "http://127.0.0.1:8765/", "authClientId": CLIENT}
+    assert page_auth("apigateway", fake).signin == "token"
+    monkeypatch.setattr(page_module, "LOOPBACK_HTTP_FOR_TESTS", True)
+    assert page_auth("apigateway", fake).domain == "http://127.0.0.1:8765"
+    assert page_auth("apigateway", {**fake, "authDomain": "http://localhost:8765"}).signin == "token"
+
+
+def test_the_page_route_signs_in_as_the_api_authenticates(small_bundle: Path) -> None:
+    """The wiring in ReadmitAPI.page: the authenticator's mode and the request's stage variables."""
+    predictor = Predictor(ModelProvider(model_uri=str(small_bundle)))
+    on_aws = ReadmitAPI(predictor, authenticator=ApiGatewayAuth()).page(Request(stage_vars=STAGE))
+    assert on_aws.status == 200 and _config(on_aws.body)["signin"] == "cognito"
+    assert DOMAIN in on_aws.headers["Content-Security-Policy"]
+    dev = ReadmitAPI(predictor, authenticator=DevAuth("s" * 32)).page(Request())
+    assert _config(dev.body)["signin"] == "token"
+    assert _config(ReadmitAPI(predictor).page(Request(stage_vars=STAGE)).body)["signin"] == "none"

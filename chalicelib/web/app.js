@@ -1,5 +1,6 @@
 /* readmit clinician page: plain JavaScript, no libraries, no external requests. Every call goes to the API that
-   served the page (relative to it, so it works under an API Gateway stage prefix), with the API key when one is set. */
+   served the page (relative to it, so it works under an API Gateway stage prefix), with the API key when one is set
+   and the access token when the user has signed in (the only other origin is the sign-in's token endpoint). */
 (() => {
   'use strict';
   const BASE = location.pathname.endsWith('/') ? location.pathname : location.pathname + '/';
@@ -22,14 +23,158 @@
     return node;
   }
 
+  // ---- sign-in ------------------------------------------------------------------------------------------------------
+  /* How this page signs in comes from the server as inert JSON (the application/json element #readmit-auth):
+     signin 'none' (no sign-in), 'token' (paste an access token) or 'cognito' (the user pool's hosted UI).
+     Cognito: the authorization-code grant with PKCE for a public app client (no secret), with the endpoints and
+     parameters of the Amazon Cognito developer guide:
+       /oauth2/authorize  docs.aws.amazon.com/cognito/latest/developerguide/authorization-endpoint.html
+       /oauth2/token      docs.aws.amazon.com/cognito/latest/developerguide/token-endpoint.html (POST, form-encoded;
+                          it answers cross-origin calls with Access-Control-Allow-Origin: *, for browser apps)
+       PKCE               docs.aws.amazon.com/cognito/latest/developerguide/using-pkce-in-authorization-code.html
+       /logout            docs.aws.amazon.com/cognito/latest/developerguide/logout-endpoint.html (client_id, logout_uri)
+     The verifier is 64 characters of the unreserved set (RFC 7636 section 4.1 allows 43-128); the challenge is
+     BASE64URL(SHA-256(verifier)) without padding (section 4.2, method S256). Only the access token and its expiry
+     are kept, in this tab's session storage; the ID and refresh tokens are dropped, and no token is decoded. */
+  const AUTH = readAuth();
+  const TOKEN_STORE = 'readmit.token'; // {token, expires: ms since the epoch or null}
+  const PKCE_STORE = 'readmit.pkce'; // {verifier, state} while the user is away at the hosted UI
+  const PAGE_URL = location.origin + BASE; // the app client's callback and sign-out URL
+  let authMessage = ''; // why the user must sign in (again), shown beside the sign-in controls
+
+  function readAuth() {
+    try { return JSON.parse($('readmit-auth').textContent) || { signin: 'none' }; } catch (err) { return { signin: 'none' }; }
+  }
+  function stored(key) {
+    try { return JSON.parse(sessionStorage.getItem(key) || 'null'); } catch (err) { return null; }
+  }
+  const query = (params) => Object.entries(params).map(([k, v]) => `${k}=${encodeURIComponent(v)}`).join('&');
+  function base64url(bytes) {
+    let text = '';
+    for (const b of bytes) text += String.fromCharCode(b);
+    return btoa(text).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  }
+  function randomText(bytes) { return base64url(crypto.getRandomValues(new Uint8Array(bytes))); }
+
+  /** The access token to send, or ''. One past its expiry is dropped here, before the API refuses it. */
+  function accessToken() {
+    const t = stored(TOKEN_STORE);
+    if (!t || typeof t.token !== 'string' || !t.token) return '';
+    if (t.expires && Date.now() >= t.expires) {
+      sessionStorage.removeItem(TOKEN_STORE);
+      authMessage = 'Your sign-in has expired: sign in again.';
+      renderAuth();
+      return '';
+    }
+    return t.token;
+  }
+
+  function renderAuth() {
+    const has = Boolean((stored(TOKEN_STORE) || {}).token);
+    if (AUTH.signin === 'cognito') {
+      $('signin').hidden = false;
+      $('sign-in').hidden = has && !authMessage;
+      $('sign-in').textContent = authMessage ? 'Sign in again' : 'Sign in';
+      $('sign-out').hidden = !has;
+      $('auth-status').textContent = authMessage || (has ? 'Signed in' : 'Not signed in');
+      $('auth-status').classList.toggle('attention', Boolean(authMessage));
+    } else if (AUTH.signin === 'token' || authMessage) {
+      $('token-box').hidden = false;
+      if (authMessage) { $('token-note').textContent = authMessage; $('token-box').open = true; }
+      else if (AUTH.notice) $('token-note').textContent = AUTH.notice;
+    }
+  }
+
+  /** A 401: say so where the user signs in. The token is kept unless it expired (a new sign-in replaces it). */
+  function unauthenticated(sentToken) {
+    if (!sentToken && authMessage) return renderAuth(); // keep the reason already given (expired, sign-in failed)
+    authMessage = sentToken ? 'Sign in again: the API did not accept your sign-in.' : 'Not signed in: the API needs a sign-in.';
+    renderAuth();
+  }
+
+  async function signIn() {
+    const verifier = randomText(48);
+    const state = randomText(24);
+    const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier));
+    sessionStorage.setItem(PKCE_STORE, JSON.stringify({ verifier, state }));
+    location.assign(`${AUTH.domain}/oauth2/authorize?` + query({
+      response_type: 'code', client_id: AUTH.client_id, redirect_uri: PAGE_URL, scope: AUTH.scope, state,
+      code_challenge: base64url(new Uint8Array(digest)), code_challenge_method: 'S256',
+    }));
+  }
+
+  function signOut() {
+    sessionStorage.removeItem(TOKEN_STORE);
+    location.assign(`${AUTH.domain}/logout?` + query({ client_id: AUTH.client_id, logout_uri: PAGE_URL }));
+  }
+
+  /** Back from the hosted UI with ?code=…&state=… (or ?error=…): take them out of the address bar, check the state
+      against this tab's, and trade the code and the verifier for tokens at the token endpoint. */
+  async function finishSignIn() {
+    const params = new URLSearchParams(location.search);
+    if (AUTH.signin !== 'cognito' || !(params.has('code') || params.has('error'))) return;
+    const code = params.get('code'), state = params.get('state'), error = params.get('error');
+    for (const k of ['code', 'state', 'error', 'error_description']) params.delete(k);
+    const rest = params.toString();
+    history.replaceState(null, '', location.pathname + (rest ? '?' + rest : '') + location.hash);
+    const pkce = stored(PKCE_STORE);
+    sessionStorage.removeItem(PKCE_STORE); // one use
+    const failed = (why) => { authMessage = `Sign-in failed (${why}): sign in again.`; };
+    const word = (v) => (/^[a-z_]{1,40}$/.test(v || '') ? v : 'unexpected answer'); // never echo free text
+    if (error || !code) return failed(word(error));
+    if (!pkce || !state || state !== pkce.state) return failed('the answer does not belong to this tab');
+    let res;
+    try {
+      res = await fetch(`${AUTH.domain}/oauth2/token`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded', Accept: 'application/json' },
+        body: query({ grant_type: 'authorization_code', client_id: AUTH.client_id, code, redirect_uri: PAGE_URL, code_verifier: pkce.verifier }),
+        credentials: 'omit',
+        cache: 'no-store',
+      });
+    } catch (err) {
+      return failed('the sign-in service could not be reached');
+    }
+    const body = await res.json().catch(() => null);
+    if (!res.ok || !body || typeof body.access_token !== 'string') return failed(`${res.status} ${word(body && body.error)}`);
+    const seconds = Number(body.expires_in);
+    const expires = seconds > 0 ? Date.now() + 1000 * Math.max(0, seconds - 30) : null; // 30 s for the clock and the trip
+    sessionStorage.setItem(TOKEN_STORE, JSON.stringify({ token: body.access_token, expires }));
+    authMessage = '';
+  }
+
+  $('sign-in').addEventListener('click', () => {
+    signIn().catch(() => { authMessage = 'Sign-in needs this page over https (the browser offers no crypto here).'; renderAuth(); });
+  });
+  $('sign-out').addEventListener('click', signOut);
+  $('token-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const v = $('access-token').value.trim().replace(/^Bearer\s+/i, '');
+    if (v) sessionStorage.setItem(TOKEN_STORE, JSON.stringify({ token: v, expires: null })); else sessionStorage.removeItem(TOKEN_STORE);
+    $('access-token').value = '';
+    authMessage = '';
+    $('token-note').textContent = v ? 'Saved for this tab; sent as Authorization: Bearer.' : 'No token: calls are sent without one.';
+    signInChanged();
+  });
+
+  /** Another identity: what the last one could or could not see is fetched again. */
+  function signInChanged() {
+    loadStatus();
+    modelLoaded = false;
+    if (!$('panel-model').hidden) loadModel();
+  }
+
   // ---- API calls --------------------------------------------------------------------------------------------------
   function apiKey() { return sessionStorage.getItem(KEY_STORE) || ''; }
 
-  /** {status, body}: body is parsed JSON (or a Blob when binary); status 0 means the request never got an answer. */
+  /** {status, body, challenge, sentToken}: body is parsed JSON (or a Blob when binary); status 0 means the request
+      never got an answer; challenge is the WWW-Authenticate header of a 401 or 403. */
   async function call(path, { method = 'GET', body, accept = 'application/json' } = {}) {
     const headers = { Accept: accept };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     if (apiKey()) headers['x-api-key'] = apiKey();
+    const token = accessToken();
+    if (token) headers.Authorization = 'Bearer ' + token;
     try {
       const res = await fetch(BASE + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-cache' });
       const type = res.headers.get('Content-Type') || '';
@@ -37,11 +182,15 @@
       if (type.includes('json')) data = await res.json().catch(() => null);
       else if (accept.startsWith('image/') && res.ok) data = await res.blob();
       else data = { error: (await res.text()).slice(0, 200) || res.statusText, details: [] };
-      return { status: res.status, body: data };
+      if (res.status === 401) unauthenticated(Boolean(token));
+      return { status: res.status, body: data, challenge: res.headers.get('WWW-Authenticate') || '', sentToken: Boolean(token) };
     } catch (err) {
       return { status: 0, body: { error: 'the API could not be reached', details: [] } };
     }
   }
+
+  /** A refusal that signing in (again, or as someone allowed more) would lift: the API's own 401 or 403 forbidden. */
+  function denied(res) { return res.status === 401 || (res.status === 403 && (res.body || {}).error === 'forbidden'); }
 
   /** A feature this deployment does not offer (yet): an unknown route (API Gateway and `chalice local` answer 403
       "Missing Authentication Token"; a catch-all route 404 or 405) or a service without its index (503). */
@@ -52,6 +201,14 @@
 
   function problem(res) {
     const b = res.body || {};
+    if (res.status === 401) {
+      const how = AUTH.signin === 'cognito' ? 'use Sign in at the top of the page' : 'paste an access token under “Access token” at the top of the page';
+      return res.sentToken ? `Sign in again: the API did not accept your sign-in (401); ${how}.` : `Sign in first: the API needs a sign-in (401); ${how}.`;
+    }
+    if (res.status === 403 && b.error === 'forbidden') {
+      const scope = /scope="([^"]+)"/.exec(res.challenge || ''); // RFC 6750 section 3: the scope the route needs
+      return `your sign-in does not allow this (needs ${scope ? scope[1] : 'readmit/admin'})`;
+    }
     const details = (b.details || []).map((d) => `${d.field}: ${d.message}`).join('; ');
     if (res.status === 403) return `the API refused the request (403 ${b.message || ''}): check the API key`;
     return `${b.error || b.message || 'error'} (${res.status})${details ? ': ' + details : ''}`;
@@ -285,8 +442,8 @@
       for (const b of document.querySelectorAll('#similar-form button, #chat-form button')) b.disabled = true;
       $('similar-out').replaceChildren(el('p', { class: 'hint', text: 'Estimate a risk first.' }));
       $('chat-out').replaceChildren();
-      $('result-out').replaceChildren(el('p', { class: 'error', text: `No risk: ${problem(res)}` }));
-      showErrors(res);
+      $('result-out').replaceChildren(el('p', { class: denied(res) ? 'notice' : 'error', id: 'result-error', text: `No risk: ${problem(res)}` }));
+      if (denied(res)) clearErrors(); else showErrors(res); // nothing in the form to fix
     }
   });
   $('reset-example').addEventListener('click', fillExample);
@@ -494,7 +651,10 @@
     if (modelLoaded) return;
     const out = $('model-out');
     const [info, cardRes] = await Promise.all([call('model'), call('model/card')]);
-    if (info.status !== 200) { out.replaceChildren(el('p', { class: 'error', text: `The model is not available: ${problem(info)}` })); return; }
+    if (info.status !== 200) {
+      out.replaceChildren(el('p', { class: denied(info) ? 'notice' : 'error', id: 'model-error', text: `The model information is not shown: ${problem(info)}.` }));
+      return;
+    }
     modelLoaded = true;
     const m = info.body;
     const s = m.metrics;
@@ -522,6 +682,8 @@
 
   // ---- start --------------------------------------------------------------------------------------------------------
   async function start() {
+    await finishSignIn();
+    renderAuth();
     loadStatus();
     const res = await call('openapi.json');
     if (res.status !== 200) { $('fields').replaceChildren(el('p', { class: 'error', text: `The API schema could not be loaded: ${problem(res)}` })); return; }
