@@ -161,13 +161,13 @@ def test_the_snapshot_holds_the_loaded_champion_so_the_first_request_after_a_res
     deployed_env(monkeypatch, tmp_path, tmp_path / "registry")
     api = app_api()
     snapstart.register(api)
-    predictions_before = sum(s.get() for s in PREDICTIONS.collect()[0].samples if s.name.endswith("_total"))
+    predictions_before = sum(s.value for s in PREDICTIONS.collect()[0].samples if s.name.endswith("_total"))
 
     runtime.snapshot()
 
     assert loads == [registry.champion()]  # loaded (and validated) before the snapshot
     assert not (tmp_path / "audit").exists() or not any((tmp_path / "audit").rglob("*.jsonl"))  # warm-up: no record
-    predictions_after = sum(s.get() for s in PREDICTIONS.collect()[0].samples if s.name.endswith("_total"))
+    predictions_after = sum(s.value for s in PREDICTIONS.collect()[0].samples if s.name.endswith("_total"))
     assert predictions_after == predictions_before  # nor a counted prediction
 
     runtime.restore()
