@@ -49,6 +49,15 @@ print(json.dumps({{"cold_s": cold, "pandas": "pandas" in sys.modules, "sklearn":
 """
 
 
+class Context:
+    """The Lambda context fields the app reads."""
+
+    aws_request_id = "bench"
+    function_name = "readmit-api"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit-api"
+
+
 def percentiles(samples: list[float]) -> str:
     a = np.array(samples) * 1000
     return f"p50 {np.percentile(a, 50):.3f} ms  p99 {np.percentile(a, 99):.3f} ms  mean {a.mean():.3f} ms"
@@ -122,12 +131,6 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import app
     from chalicelib.bundle import ModelBundle
-
-    class Context:
-        aws_request_id = "bench"
-        function_name = "readmit-api"
-        memory_limit_in_mb = 1024
-        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit-api"
 
     event = json.loads(EVENT.read_text())
     for _ in range(200):
@@ -229,12 +232,6 @@ def compare_logs(calls: int, put_ms: float) -> None:
     from chalicelib.post_invoke import PostInvoke
     from chalicelib.prediction_stream import FirehosePredictionLog
 
-    class Context:
-        aws_request_id = "bench"
-        function_name = "readmit-api"
-        memory_limit_in_mb = 1024
-        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit-api"
-
     event = json.loads(EVENT.read_text())
     predictor = app.api().predictor
     firehose = FirehosePredictionLog("bench", SleepingFirehose(put_ms / 1000), mode="deferred", hooks=PostInvoke())
@@ -276,12 +273,6 @@ def compare_auth(calls: int) -> None:
 
     import app
     from chalicelib import auth
-
-    class Context:
-        aws_request_id = "bench"
-        function_name = "readmit-api"
-        memory_limit_in_mb = 1024
-        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit-api"
 
     event = json.loads(EVENT.read_text())
     claims = event["requestContext"]["authorizer"]["claims"]

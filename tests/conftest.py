@@ -6,7 +6,10 @@ copy) or ``../shared/data/dataset_diabetes.zip``.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +131,20 @@ def model_tarball(sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) ->
         for item in sorted((tmp / "model").rglob("*")):
             tar.add(item, arcname=str(item.relative_to(tmp / "model")))
     return buf.getvalue()
+
+
+@pytest.fixture
+def log_output() -> Iterator[io.StringIO]:
+    """The service log's lines, formatted as they are written (Powertools' JSON), from a handler of our own: the
+    logger's stdout handler holds the stream it found at import, which capsys/capfd do not replace."""
+    from chalicelib import telemetry
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(telemetry.logger.registered_formatter)
+    logger = logging.getLogger(telemetry.logger.name)
+    logger.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)

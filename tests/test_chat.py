@@ -19,7 +19,6 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from chalicelib import telemetry
 from chalicelib.api import ReadmitAPI, Request
 from chalicelib.chat import (
     GUARDRAIL_POLICIES,
@@ -390,20 +389,6 @@ def expected_call() -> dict[str, Any]:
         "inferenceConfig": {"maxTokens": 400, "temperature": 0.0},
         "guardrailConfig": {"guardrailIdentifier": GUARDRAIL_ID, "guardrailVersion": "3", "trace": "enabled"},
     }
-
-
-@pytest.fixture
-def log_output() -> Iterator[io.StringIO]:
-    """The service log as written (Powertools' JSON), from a handler of our own (see test_hostile_bodies)."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(telemetry.logger.registered_formatter)
-    logger = logging.getLogger(telemetry.logger.name)
-    logger.addHandler(handler)
-    try:
-        yield stream
-    finally:
-        logger.removeHandler(handler)
 
 
 def chat_response_is_declared(out: dict[str, Any]) -> None:

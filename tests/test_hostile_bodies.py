@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chalicelib import telemetry
 from chalicelib.api import ReadmitAPI, Request, loggable_fields
 from chalicelib.api_models import MAX_BODY_BYTES, MAX_JSON_DEPTH, parse_json
 from chalicelib.embedding import LocalEmbedder
@@ -176,21 +173,6 @@ def test_any_body_gets_a_4xx_or_the_no_model_503_in_the_error_format_never_a_500
 PHI_KEY = "MRN 69384114 John Smith"
 LONG_KEY = "K" * 60_000
 CONTROL_KEY = 'evil\n{"level":"ERROR","message":"forged"}\x1b[31m\u202e'
-
-
-@pytest.fixture
-def log_output() -> Iterator[io.StringIO]:
-    """The service log's lines, formatted as they are written (Powertools' JSON), from a handler of our own: the
-    logger's stdout handler holds the stream it found at import, which capsys/capfd do not replace."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(telemetry.logger.registered_formatter)
-    logger = logging.getLogger(telemetry.logger.name)
-    logger.addHandler(handler)
-    try:
-        yield stream
-    finally:
-        logger.removeHandler(handler)
 
 
 def hostile_encounter() -> dict[str, Any]:
