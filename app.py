@@ -159,3 +159,9 @@ def model_card() -> ChaliceResponse:
 @app.route("/model/plots/{name}", methods=["GET"])
 def model_plot(name: str) -> ChaliceResponse:
     return _respond(api().model_plot(_request(), name))
+
+
+# ---- shadow runs before promotion (issue #15) ------------------------------------------------------------------
+@app.route("/model/shadow", methods=["GET"])
+def model_shadow() -> ChaliceResponse:
+    return _respond(api().model_shadow(_request()))

@@ -13,6 +13,13 @@ batch ≥ 5,000 encounters/s.
         against a stub S3 client whose put_object sleeps --put-ms; the Firehose stream, against a stub client
         whose PutRecordBatch sleeps --put-ms, flushed after each call as the Lambda extension does after the
         response. The stubs make the network's cost visible without a network: the figure is an assumption.)
+
+    .venv/bin/python benchmarks/api_latency.py --model DIR --shadow-compare [--challenger DIR]
+        (issue #15: warm /predict with factors, interleaved blocks of 100: no shadow; a shadow configured but no
+        shadow alias; a challenger scored after each response as the Lambda extension does (its flush timed apart:
+        billed, not waited for); a challenger scored by the server's daemon thread, concurrently. Prints p50/p99
+        and their difference from no shadow, and the off-path work per request. The challenger defaults to the
+        registry's shadow alias, else its newest version that is not the champion.)
 """
 
 from __future__ import annotations
@@ -86,6 +93,8 @@ def main() -> None:
     parser.add_argument("--log-compare", action="store_true", help="only /predict under each prediction log")
     parser.add_argument("--auth-compare", action="store_true", help="only /predict under each authenticator")
     parser.add_argument("--put-ms", type=float, default=20.0, help="stub S3 PUT / Firehose PutRecordBatch time")
+    parser.add_argument("--shadow-compare", action="store_true", help="only /predict without and with a shadow")
+    parser.add_argument("--challenger", help="the shadow bundle for --shadow-compare (default: see above)")
     args = parser.parse_args()
     home = tempfile.mkdtemp()
     os.environ.update(
@@ -98,7 +107,8 @@ def main() -> None:
     )
     from chalicelib.loader import bundle_path
 
-    model_dir = str(bundle_path(args.model or os.environ.get("READMIT_REGISTRY") or ROOT / ".readmit" / "registry"))
+    registry = os.environ.get("READMIT_REGISTRY") or str(ROOT / ".readmit" / "registry")
+    model_dir = str(bundle_path(args.model or registry))
     os.environ["READMIT_MODEL"] = model_dir
 
     print(machine_speed())
@@ -107,6 +117,9 @@ def main() -> None:
         return
     if args.auth_compare:
         compare_auth(args.calls)
+        return
+    if args.shadow_compare:
+        compare_shadow(args.calls, args.challenger or challenger_dir(registry, model_dir))
         return
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONWARNINGS": "ignore"}
     code_root = str(Path(args.package).resolve()) if args.package else str(ROOT)
@@ -315,6 +328,91 @@ def compare_auth(calls: int) -> None:
     for name, times in samples.items():
         extra = (np.percentile(times, 50) - base) * 1000
         print(f"/predict, {len(times)} calls, {name}: {percentiles(times)}; p50 vs none {extra:+.3f} ms")
+
+
+def challenger_dir(registry_uri: str, champion_dir: str) -> str:
+    """The registry's shadow model, else its newest version that is not the served one, downloaded."""
+    from chalicelib.registry import SHADOW, Registry
+
+    registry = Registry.open(registry_uri, validate=False)
+    served = Path(champion_dir).name
+    version = registry.get_alias(SHADOW)
+    if version is None or version == served:
+        others = [v for v in registry.list_versions() if v != served]
+        if not others:
+            sys.exit("--shadow-compare needs a second model: --challenger DIR, or two versions in the registry")
+        version = others[-1]
+    return str(registry.download(version, Path(tempfile.mkdtemp())))
+
+
+def compare_shadow(calls: int, challenger: str) -> None:
+    """/predict (warm, with factors) through app.app(event), interleaved in blocks of 100 so the machine's drift
+    falls on every case: no shadow; a shadow scorer with no shadow alias (nothing loaded); Lambda's way (the
+    challenger scores in the post-invoke flush, run here after each response and timed apart); a server's way (the
+    daemon thread scores while the next requests are served: two cores, one GIL)."""
+    sys.path.insert(0, str(ROOT))
+    import app
+    from chalicelib.model_provider import ModelProvider
+    from chalicelib.post_invoke import PostInvoke
+    from chalicelib.shadow import ShadowScorer
+
+    event = json.loads(EVENT.read_text())
+    predictor = app.api().predictor
+    log = predictor.log
+
+    def scorer(mode: str, loaded: bool) -> ShadowScorer:
+        provider = ModelProvider(model_uri=challenger, check_interval=3600)
+        if loaded:
+            provider.refresh_now()  # validated in a child process, then loaded
+        made = ShadowScorer(provider, log, mode=mode, hooks=PostInvoke(), check_interval=3600)  # type: ignore[arg-type]
+        made._last_check = made.clock()  # no alias checks during the run: the case is fixed
+        return made
+
+    deferred, background = scorer("deferred", True), scorer("background", True)
+    cases: dict[str, ShadowScorer | None] = {
+        "no shadow": None,
+        "shadow configured, no shadow alias": scorer("deferred", False),
+        "Lambda: challenger scored in the post-invoke flush": deferred,
+        "server: challenger scored by the daemon thread": background,
+    }
+    print(f"champion {predictor.model().version}, challenger {deferred.version}")
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    after: list[float] = []
+    for name, shadow in cases.items():  # warm each path
+        predictor.shadow = shadow
+        for _ in range(50):
+            assert app.app(event, Context())["statusCode"] == 200, name
+            if shadow is deferred:
+                deferred.flush()
+    for _ in range(max(1, calls // 100)):
+        for name, shadow in cases.items():
+            predictor.shadow = shadow
+            for _ in range(100):
+                started = time.perf_counter()
+                app.app(event, Context())
+                samples[name].append(time.perf_counter() - started)
+                if shadow is deferred:
+                    started = time.perf_counter()
+                    deferred.flush()  # what the extension does once the response has gone
+                    after.append(time.perf_counter() - started)
+            while background.pending():  # the thread's backlog must not spill into the next case
+                time.sleep(0.001)
+    predictor.shadow = None
+    base = samples["no shadow"]
+    for name, times in samples.items():
+        p50 = (np.percentile(times, 50) - np.percentile(base, 50)) * 1000
+        p99 = (np.percentile(times, 99) - np.percentile(base, 99)) * 1000
+        print(f"/predict, {len(times)} calls, {name}: {percentiles(times)}; vs no shadow p50 {p50:+.3f} ms, "
+              f"p99 {p99:+.3f} ms")  # fmt: skip
+    print(
+        f"    off the request path, Lambda: the flush after each response (billed, not awaited): {percentiles(after)}"
+    )
+    stats = background.stats.as_dict()
+    print(
+        f"    off the request path, server: {stats['busy_ms_per_request']:.3f} ms of the daemon thread per request "
+        f"(scored {stats['scored_requests']}, dropped {stats['dropped_requests']})"
+    )
+    background.close()
 
 
 class LambdaStdout:

@@ -43,10 +43,11 @@ from .history_store import open_history_store
 from .model_provider import DEFAULT_CHECK_INTERVAL, ModelProvider
 from .openapi import document
 from .page import clinician_page, page_auth
-from .prediction_stream import open_api_prediction_log
+from .prediction_stream import FirehosePredictionLog, open_api_prediction_log
 from .schema import COLUMN_NAMES, IDENTIFIERS
 from .service import Predictor, cohort_error
-from .settings import ENV_MODEL, ENV_REGISTRY, registry_uri
+from .settings import ENV_MODEL, ENV_REGISTRY, ENV_SHADOW_LOG, registry_uri
+from .shadow import ShadowScorer
 from .similar import Neighbours, SimilarPatients
 from .similar_models import ChatRequest, IndexNotReady, SimilarFilters, SimilarRequest, parse_chat, parse_similar
 from .vectors import DimensionMismatch, IndexMissing, StoreNotConfigured
@@ -188,14 +189,16 @@ class ReadmitAPI:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ReadmitAPI:
-        provider = ModelProvider(
-            registry_uri=None if env.get(ENV_MODEL) else registry_uri(env.get(ENV_REGISTRY)),
-            model_uri=env.get(ENV_MODEL) or None,
-            check_interval=float(env.get(ENV_CHECK_INTERVAL, DEFAULT_CHECK_INTERVAL)),
-        )
+        registry = None if env.get(ENV_MODEL) else registry_uri(env.get(ENV_REGISTRY))
+        interval = float(env.get(ENV_CHECK_INTERVAL, DEFAULT_CHECK_INTERVAL))
+        provider = ModelProvider(registry_uri=registry, model_uri=env.get(ENV_MODEL) or None, check_interval=interval)
         provider.status.listeners.append(lambda _old, new: (telemetry.MODEL_SWAPS.inc(), _set_info(new)))
         authenticator = auth.from_env(env)  # a wrong setting stops the start, before any model is loaded
-        predictor = Predictor(provider, open_history_store(None), open_api_prediction_log(None))
+        log = open_api_prediction_log(None)
+        # A challenger under the registry's "shadow" alias scores beside the champion, off the request path; a
+        # fixed model (READMIT_MODEL) has no registry, so no shadow.
+        shadow = ShadowScorer.from_env(registry, log, interval) if registry else None
+        predictor = Predictor(provider, open_history_store(None), log, shadow)
         api = cls(predictor, authenticator=authenticator)
         provider.current()  # load the champion once per process, before the first request
         # What is loaded now lives as long as the process: keep it out of every later garbage collection, whose
@@ -288,6 +291,11 @@ class ReadmitAPI:
             return Response(200, png, "image/png", {"Cache-Control": "no-cache"})
 
         return self._handle("/model/plots/{name}", request, run)
+
+    def model_shadow(self, request: Request) -> Response:
+        """The shadow model against the champion on the same requests (chalicelib/shadow.py's report), and this
+        process's shadow worker; ``shadow_version`` null means no shadow model."""
+        return self._handle("/model/shadow", request, self._model_shadow)
 
     def unrouted(self, request: Request, path: str, method: str, routes: Mapping[str, Iterable[str]]) -> Response:
         """A request no route serves (API Gateway's catch-all resource, or a method the route lacks): 404, or 405
@@ -403,6 +411,40 @@ class ReadmitAPI:
             "similar": {"count": found.count, "readmission_rate": found.readmission_rate},
             "request_id": request.request_id,
         }
+        return Response(200, body)
+
+    def _model_shadow(self, request: Request) -> Response:
+        from datetime import UTC, datetime, timedelta
+
+        from .audit import open_prediction_log
+        from .registry import Registry
+        from .shadow import current_report, outcome_labels
+
+        hours = request.query.get("hours")
+        since = None
+        now = datetime.now(UTC)
+        if hours is not None:
+            try:
+                value = float(hours)
+            except ValueError:
+                value = -1.0
+            if not 0 < value <= 24 * 365:
+                raise InvalidQuery("hours", f"must be a number of hours in (0, 8760], got {hours!r}")
+            since = now - timedelta(hours=value)
+        readable = os.environ.get(ENV_SHADOW_LOG)
+        log = open_prediction_log(readable) if readable else self.predictor.log
+        if log is None or isinstance(log, FirehosePredictionLog):  # write-only: the report reads its S3 prefix
+            raise ApiError(
+                "shadow report unavailable",
+                [Detail("log", f"the API's prediction log cannot be read here: set {ENV_SHADOW_LOG}=s3://…")],
+                503,
+            )
+        uri = self.provider.registry_uri
+        registry = Registry.open(uri, validate=False) if uri else None
+        body = current_report(registry, log, since=since, outcomes=outcome_labels(), now=now)
+        shadow = self.predictor.shadow
+        # this process's worker (each server process, each Lambda environment has its own): what it has loaded
+        body["worker"] = {"loaded_version": shadow.version, **shadow.stats.as_dict()} if shadow is not None else None
         return Response(200, body)
 
     def _handle(self, route: str, request: Request, run: Callable[[Request], Response]) -> Response:

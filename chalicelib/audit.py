@@ -79,7 +79,9 @@ class AuditRecord(BaseModel):
     risk_tier: str
     encounter_hash: str | None = None
     features: list[float]  # NaN = missing input; JSON null on disk
-    source: Literal["api", "batch"]
+    # "shadow": a challenger scored the same request off the request path (chalicelib/shadow.py): not the record of
+    # care; readers of the record of care leave it out. Logs written before it existed read as before.
+    source: Literal["api", "batch", "shadow"]
     caller: str | None = None  # the authenticated caller: a salted hash of the token's subject, never an email
 
     @field_validator("at", mode="before")

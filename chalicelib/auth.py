@@ -50,6 +50,7 @@ ROUTE_SCOPES: dict[str, str | None] = {
     "/model": ADMIN,
     "/model/card": ADMIN,
     "/model/plots/{name}": ADMIN,
+    "/model/shadow": ADMIN,
     "/metrics": ADMIN,
 }
 PUBLIC_ROUTES = frozenset({"/", "/health", "/openapi.json"})

@@ -21,7 +21,7 @@ from .errors import NotFound
 from .model_card import PLOTS
 
 CARD = "model_card.md"
-PLOT_NAMES = tuple(PLOTS)  # roc.png, pr.png, calibration.png, importance.png
+PLOT_NAMES = tuple(PLOTS)  # roc, pr, calibration, importance, dca (decision curve; absent in older bundles)
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(plots/([\w.-]+)\)")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _ITALIC = re.compile(r"(?<![\w*])\*(?![\s*])(.+?)(?<![\s*])\*(?![\w*])")

@@ -118,6 +118,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import tracking
     from .dataset import locate
     from .registry import Registry
     from .train import TrainConfig, train
@@ -140,6 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.registry is not None:
         registry = Registry.open(settings.registry_uri(args.registry or None))
         registry.register(result.bundle_dir)
+        if run_id := tracking.record_registration(registry, result.version, result.meta):
+            summary["mlflow_run"] = run_id
         if registry.champion() is None:
             registry.promote(result.version, "first model: no champion to compare with (floors only)")
             summary["registry"] = f"{registry.storage.uri}: registered and promoted to champion"
@@ -192,18 +195,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .batch import labelled_cohort
     from .dataset import content_sha256, locate
-    from .evaluation import evaluate, holdout_mask
+    from .evaluation import evaluate, group_report, holdout_mask, out_of_fold
     from .loader import load_model
     from .train import subgroup_values
 
     model = load_model(args.model or settings.registry_uri())
     data = locate(args.data)
+    if args.oof:  # error analysis: the bundle's configuration cross-validated on its training patients
+        oof = out_of_fold(model.meta, data, _err)
+        metrics = evaluate(oof["y"], oof["risk"], oof["threshold"], oof["groups"], oof["patients"])
+        scope = "out-of-fold predictions (grouped CV of this configuration) on the training patients"
+        emit(args, {"model_version": model.version, "evaluated_on": scope, "by": args.by,
+                    **group_report(metrics, args.by)})  # fmt: skip
+        return 0
     y, risk, scored, keep = labelled_cohort(model, data)
     groups = {k: v[keep] for k, v in subgroup_values(scored.table.cols).items()}
     patients = scored.table.patient_nbr[keep]
     held = holdout_mask(model.meta, content_sha256(data), patients)
     if held is not None and args.data is None and held.any():  # the bundle's own holdout: patients it never saw
-        y, risk, groups = y[held], risk[held], {k: v[held] for k, v in groups.items()}
+        y, risk, groups, patients = y[held], risk[held], {k: v[held] for k, v in groups.items()}, patients[held]
         scope = f"the model's holdout: {len(np.unique(patients[held])):,} patients it never saw"
         overlap: float | None = 0.0
     else:
@@ -216,7 +226,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             hint = "; omit --data to evaluate on the model's own holdout" if held is not None and held.any() else ""
             _err(f"readmit evaluate: WARNING: {overlap:.1%} of these encounters belong to patients model "
                  f"{model.version} was trained on: the metrics are in-sample and optimistic{hint}")  # fmt: skip
-    metrics = evaluate(y, risk, model.threshold, groups)
+    metrics = evaluate(y, risk, model.threshold, groups, patients)  # 95% intervals resample patients
+    if args.by:
+        metrics = {"by": args.by, **group_report(metrics, args.by)}
     emit(args, {"model_version": model.version, "evaluated_on": scope, "training_overlap": overlap, **metrics})
     return 0
 
@@ -257,31 +269,67 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_user() -> str:
+    """Who, for the registry history: the local user name (an e-mail-like name is hashed, as AWS identities are)."""
+    import getpass
+
+    from .sagemaker_registry import actor
+
+    with contextlib.suppress(Exception):
+        return actor({"UserProfileName": f"local:{getpass.getuser()}"})
+    return "local:unknown"
+
+
 def cmd_registry(args: argparse.Namespace) -> int:
+    from . import promotion
     from .model_check import InvalidModel
     from .registry import Registry, UnknownVersionError
 
     registry = Registry.open(settings.registry_uri(args.registry))
     if args.action == "list":
-        aliases = {a: registry.get_alias(a) for a in ("champion", "challenger")}
-        emit(args, {"versions": registry.list_versions(), "aliases": aliases})
+        aliases = {a: registry.get_alias(a) for a in ("champion", "challenger", "shadow")}
+        emit(args, {"versions": registry.list_versions(), "states": registry.states(), "aliases": aliases})
     elif args.action == "history":
         emit(args, registry.history())
-    elif args.action == "promote":
-        if not args.version:
-            _err("promote needs a VERSION")
+    elif args.action == "shadow":  # an approved challenger scored beside the champion (README "Shadow")
+        from .registry import APPROVED, SHADOW
+
+        if not args.version or not (args.reason or "").strip():
+            _err("readmit registry shadow: needs a VERSION and --reason")
             return 2
-        try:  # the stored model is loaded and scored in a separate process first
-            registry.promote(args.version, args.reason or "manual promotion")
+        if registry.state(args.version) != APPROVED:
+            _err(f"readmit registry shadow: {args.version} is {registry.state(args.version)}; only an approved one")
+            return 2
+        registry.set_alias(SHADOW, args.version, f"{args.reason.strip()} (by {_local_user()})", event="shadow")
+        emit(args, {"shadow": args.version, "champion": registry.champion()})
+    elif args.action in ("promote", "approve", "reject"):
+        if not args.version:
+            _err(f"{args.action} needs a VERSION")
+            return 2
+        if args.action in ("approve", "reject") and not (args.reason or "").strip():
+            _err(f"readmit registry {args.action}: --reason is required (it is recorded with who and when)")
+            return 2
+        try:  # the stored model is loaded and scored in a separate process first (promote, approve)
+            if args.action == "promote":
+                registry.promote(args.version, args.reason or "manual promotion", by=_local_user())
+                emit(args, {"champion": registry.champion()})
+            else:
+                if args.action == "approve":
+                    from .audit import open_prediction_log
+
+                    log = open_prediction_log(None) if promotion.shadow_required() else None
+                    result = promotion.approve(registry, args.version, args.reason.strip(), by=_local_user(), log=log)
+                    emit(args, result)
+                else:
+                    emit(args, promotion.reject(registry, args.version, args.reason.strip(), by=_local_user()))
         except InvalidModel as exc:
-            _err(f"readmit registry promote: {exc}; the champion is unchanged")
+            _err(f"readmit registry {args.action}: {exc}; refused, the champion is unchanged")
             return 2
         except UnknownVersionError:
             known = ", ".join(registry.list_versions()) or "none"
             where = registry.storage.uri
             _err(f"readmit registry: no model version {args.version!r} in registry {where}; known: {known}")
             return 2
-        emit(args, {"champion": registry.champion()})
     return 0
 
 
@@ -296,14 +344,21 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     registry = Registry.open(settings.registry_uri(args.registry))
     gate = GateConfig(min_auc=args.min_auc, max_auc_drop=args.max_auc_drop, max_ece=args.max_ece)
     result = retrain(
-        locate(args.data), registry, trigger=args.trigger, eval_frac=args.eval_frac, gate_cfg=gate, progress=Reporter()
+        locate(args.data),
+        registry,
+        trigger=args.trigger,
+        policy=args.policy,
+        eval_frac=args.eval_frac,
+        gate_cfg=gate,
+        progress=Reporter(),
     )
     d = result.decision
     emit(
         args,
         {
-            "decision": "promoted" if d.promote else "rejected",
+            "decision": {"champion": "promoted", "pending": "pending approval"}.get(result.state, "rejected"),
             "challenger": result.version,
+            "state": result.state,
             "champion": result.champion,
             "reasons": d.reasons,
             "challenger_auc": d.challenger["roc_auc"],
@@ -325,6 +380,8 @@ def _start_remote(args: argparse.Namespace) -> int:
         _err("readmit retrain --remote needs --state-machine ARN (or $READMIT_STATE_MACHINE) and --data s3://…")
         return 2
     payload = {"trigger": args.trigger, "data_uri": args.data, "registry_uri": settings.registry_uri(args.registry)}
+    if args.policy:  # the state machine can add manual approval, never remove what the stack requires
+        payload["policy"] = args.policy
     response = boto3.client("stepfunctions").start_execution(stateMachineArn=arn, input=json.dumps(payload))
     emit(args, {"executionArn": response["executionArn"], "input": payload})
     return 0
@@ -412,6 +469,39 @@ def cmd_performance(args: argparse.Namespace) -> int:
     labels = OutcomeStore(settings.home() / "outcomes.jsonl").labels()
     report = realized(open_prediction_log(args.log), labels, now - timedelta(days=args.days), now, now)
     emit(args, report)
+    return 0
+
+
+def _utc_time(text: str) -> Any:
+    """--since: an ISO 8601 time; without a zone it is taken as UTC (what the prediction log stores)."""
+    from datetime import UTC, datetime
+
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r} (e.g. 2026-11-30T08:00:00Z)") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def cmd_shadow_report(args: argparse.Namespace) -> int:
+    """The shadow model against the champion on the same requests: agreement, churn of the high-risk list, risk
+    shift, and realized AUC/ECE of both once labels have matured (the JSON GET /model/shadow returns)."""
+    from datetime import UTC, datetime, timedelta
+
+    from .audit import open_prediction_log
+    from .registry import Registry
+    from .shadow import current_report, outcome_labels
+
+    now = datetime.now(UTC)
+    since = args.since
+    if args.hours is not None:
+        if not args.hours > 0:
+            _err("readmit shadow-report: --hours must be more than 0")
+            return 2
+        since = now - timedelta(hours=args.hours)
+    registry = Registry.open(settings.registry_uri(args.registry), validate=False)
+    log = open_prediction_log(args.log)
+    emit(args, current_report(registry, log, since=since, outcomes=outcome_labels(args.outcomes), now=now))
     return 0
 
 
@@ -684,6 +774,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="metrics of a model on a labelled file, as JSON")
     s.add_argument("--model")
     s.add_argument("--data", help="labelled UCI-format file (default: as for `readmit data`)")
+    s.add_argument(
+        "--by", choices=("race", "gender", "age_band"), help="only this grouping: each measure as [point, low, high]"
+    )
+    s.add_argument("--oof", action="store_true", help="with --by: out-of-fold metrics of a grouped CV re-run")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("tune", help="grouped-CV hyper-parameter search on training data")
@@ -701,6 +795,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-ece", type=float, default=0.02)
     s.add_argument("--remote", action="store_true", help="start the AWS state machine instead of running here")
     s.add_argument("--state-machine", help="ARN of the retraining state machine (with --remote)")
+    s.add_argument(
+        "--policy",
+        choices=settings.PROMOTION_POLICIES,
+        help="auto: a gate pass is promoted; manual: it waits for `readmit registry approve` "
+        "(default $READMIT_PROMOTION_POLICY, else auto)",
+    )
     s.set_defaults(func=cmd_retrain)
 
     s = sub.add_parser("drift", help="compare a file or a prediction log with a model's training reference")
@@ -734,6 +834,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log", help="prediction log (default: $READMIT_PREDICTION_LOG or the local log)")
     s.set_defaults(func=cmd_performance)
 
+    s = sub.add_parser("shadow-report", help="the shadow model vs. the champion on the same requests")
+    when = s.add_mutually_exclusive_group()
+    when.add_argument("--since", type=_utc_time, help="ISO time (default: when the shadow alias was set)")
+    when.add_argument("--hours", type=float, help="the last N hours instead")
+    s.add_argument("--log", help="prediction log (default: $READMIT_PREDICTION_LOG or the local log)")
+    s.add_argument("--outcomes", help="outcome uploads, folder or s3:// (default: the local `readmit outcomes` store)")
+    s.add_argument("--registry")
+    s.set_defaults(func=cmd_shadow_report)
+
     s = sub.add_parser("index", help="index labelled encounters for similar-patient search (progress bar)")
     s.add_argument("--data", help="labelled UCI-format file (default: as for `readmit data`)")
     s.add_argument("--store", choices=("numpy", "qdrant", "opensearch"), help="default: $READMIT_VECTOR_STORE or numpy")
@@ -766,10 +875,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)")
     s.set_defaults(func=cmd_token)
 
-    s = sub.add_parser("registry", help="list versions, show history, promote")
-    s.add_argument("action", choices=("list", "history", "promote"))
+    s = sub.add_parser("registry", help="list versions and states, history, approve, reject, promote")
+    s.add_argument("action", choices=("list", "history", "approve", "reject", "shadow", "promote"))
     s.add_argument("version", nargs="?")
-    s.add_argument("--reason")
+    s.add_argument("--reason", help="why (required for approve and reject; recorded with who and when)")
     s.add_argument("--registry")
     s.set_defaults(func=cmd_registry)
 

@@ -32,7 +32,7 @@ PERFORMANCE_WINDOW = timedelta(days=120)  # predictions 30-120 days old have mat
 
 def window_arrays(log: PredictionLog, since: datetime, until: datetime) -> tuple[np.ndarray, np.ndarray, set[str]]:
     """Features, risks and model versions of the predictions made in [since, until)."""
-    records = list(log.read(since, until))
+    records = [r for r in log.read(since, until) if r.source != "shadow"]  # shadow records are not the record of care
     if not records:
         return np.empty((0, len(FEATURE_NAMES)), dtype=np.float32), np.empty(0), set()
     X = np.array([[np.nan if v is None else v for v in r.features] for r in records], dtype=np.float32)

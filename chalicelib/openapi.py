@@ -132,6 +132,30 @@ WEB_PATHS: dict[str, Any] = {
             },
         }
     },
+    "/model/shadow": {
+        "get": {
+            "summary": "The shadow model (the registry alias shadow) against the champion on the same requests: "
+            "tier agreement, churn of the high-risk list, risk shift, realized AUC and ECE once labels have matured; "
+            "shadow_version null means no shadow model",
+            "parameters": [
+                {
+                    "name": "hours",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 8760},
+                    "description": "report the last N hours (default: since the shadow alias was set)",
+                }
+            ],
+            "responses": {
+                "200": {
+                    "description": "Shadow report",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "400": _json(ErrorResponse, "A bad query parameter"),
+                "503": _json(ErrorResponse, "The prediction log cannot be read by the API (set READMIT_SHADOW_LOG)"),
+            },
+        }
+    },
     "/model/plots/{name}": {
         "get": {
             "summary": "One of the model card's plots (send Accept: image/png)",

@@ -102,7 +102,7 @@ def load_outcome_uploads(uri: str, s3_client: Any = None) -> tuple[dict[str, boo
 
 
 def _iter_window(log: PredictionLog, since: datetime, until: datetime) -> Iterator[Any]:
-    return log.read(since, until)
+    return (r for r in log.read(since, until) if r.source != "shadow")  # shadow records are not the record of care
 
 
 def realized(

@@ -2,7 +2,13 @@
 
     models/<version>/<files...>     one bundle; manifest.json is written last and marks it complete
     aliases/<alias>.json            {"alias", "version", "updated_at", "reason"}; one atomic object
+    states/<version>.json           {"version", "state", "by", "reason", "at", "metadata"}: the approval state
+    metrics/<version>.json          the gate's verdict and metrics for the candidate (SageMaker's ModelMetrics)
     history/<ts>-<hex8>.json        append-only events, one object each (S3 has no append)
+
+A version's state is one of STATES: pending (passed the gate, awaiting a person), approved, rejected, champion
+(the champion alias names it) and archived (a former champion). Every transition is a history event that says
+who (``by``: a local user name, the gate, or an AWS identity with any e-mail address hashed), why and when.
 
 Stdlib + boto3 only: the serving Lambda imports this module.
 """
@@ -23,7 +29,13 @@ from chalicelib.storage import Storage, StorageKeyNotFound, open_storage
 
 MANIFEST = "manifest.json"
 CHAMPION = "champion"
-_EVENT_FIELDS = frozenset({"event", "alias", "version", "previous", "reason", "at"})
+PENDING, APPROVED, REJECTED, ARCHIVED = "pending", "approved", "rejected", "archived"
+STATES = (PENDING, APPROVED, REJECTED, CHAMPION, ARCHIVED)
+# Reserved for shadow scoring (a later step): the approved challenger the API scores beside the champion. An
+# approved version that is not the champion is the candidate (``Registry.in_state(APPROVED)``).
+SHADOW = "shadow"
+GATE = "readmit-gate"  # ``by`` for the automatic gate's transitions
+_EVENT_FIELDS = frozenset({"event", "alias", "version", "previous", "reason", "at", "by", "state", "previous_state"})
 
 
 class RegistryError(Exception):
@@ -224,13 +236,135 @@ class Registry:
         fields = {"event": event, "alias": alias, "version": version, "previous": previous, "reason": reason}
         self._record({**fields, **extra}, at)
 
-    def promote(self, version: str, reason: str, extra: dict[str, Any] | None = None) -> None:
-        """Make a version the champion (what serving loads)."""
-        self.set_alias(CHAMPION, version, reason, event="promoted", extra=extra)
+    def promote(
+        self,
+        version: str,
+        reason: str,
+        extra: dict[str, Any] | None = None,
+        *,
+        by: str = GATE,
+        validate: bool = True,
+    ) -> None:
+        """Make a version the champion (what serving loads); the previous champion becomes archived.
 
-    def reject(self, version: str, reason: str, extra: dict[str, Any] | None = None) -> None:
+        ``validate=False`` only where the caller has just validated the stored model (``approve``)."""
+        extra = {**_check_extra(extra), "by": by}
+        self._require(version)
+        if validate and self.validator is not None:
+            self._validate_stored(version, self.validator)
+        previous, at = self.get_alias(CHAMPION), _now()
+        doc = {"alias": CHAMPION, "version": version, "updated_at": _iso(at), "reason": reason}
+        self.storage.write_bytes(self._alias_key(CHAMPION), json.dumps(doc, indent=2).encode())
+        self._write_state(version, APPROVED, by, reason, at)
+        fields = {"event": "promoted", "alias": CHAMPION, "version": version, "previous": previous, "reason": reason}
+        self._record({**fields, **extra}, at)
+        if previous and previous != version:
+            self._transition(previous, ARCHIVED, f"replaced by {version} as champion", by, previous_state=CHAMPION)
+
+    def approve(
+        self, version: str, reason: str, *, by: str, extra: dict[str, Any] | None = None, validate: bool = True
+    ) -> None:
+        """Approve a candidate for promotion. The stored model is checked first (model_check): a model that would
+        crash or mis-score serving is refused (InvalidModel) and nothing is recorded."""
+        self._require(version)
+        if validate and self.validator is not None:
+            self._validate_stored(version, self.validator)
+        self._transition(version, APPROVED, reason, by, extra)
+
+    def check(self, version: str) -> None:
+        """Validate a version's stored model (model_check) and record nothing: InvalidModel when it fails."""
+        self._require(version)
+        if self.validator is not None:
+            self._validate_stored(version, self.validator)
+
+    def set_pending(self, version: str, reason: str, *, by: str = GATE, extra: dict[str, Any] | None = None) -> None:
+        """Passed the gate under the manual policy: the candidate waits for a person's approval."""
+        self._transition(version, PENDING, reason, by, extra)
+
+    def reject(self, version: str, reason: str, extra: dict[str, Any] | None = None, *, by: str = GATE) -> None:
         """Record that a candidate lost; aliases are left untouched."""
-        self._record({"event": "rejected", "version": version, "reason": reason, **_check_extra(extra)})
+        self._transition(version, REJECTED, reason, by, extra)
+
+    # -- states ----------------------------------------------------------------------------------
+
+    def state(self, version: str) -> str:
+        """One of STATES: champion when the champion alias names it, else its recorded state."""
+        return self.states([version])[version]
+
+    def states(self, versions: list[str] | None = None) -> dict[str, str]:
+        """State per version (all complete versions by default). Versions registered before states were recorded
+        take theirs from the history: promoted then replaced → archived, rejected → rejected, else pending."""
+        versions = self.list_versions() if versions is None else versions
+        champion, found, legacy = self.champion(), {}, []
+        for version in versions:
+            if version == champion:
+                found[version] = CHAMPION
+            elif (doc := self.state_record(version)) and doc.get("state"):
+                found[version] = doc["state"]
+            else:
+                legacy.append(version)
+        if legacy:
+            last = {e["version"]: e["event"] for e in self.history() if e.get("event") in ("promoted", "rejected")}
+            for version in legacy:
+                found[version] = {"promoted": ARCHIVED, "rejected": REJECTED}.get(last.get(version, ""), PENDING)
+        return found
+
+    def state_record(self, version: str) -> dict[str, Any] | None:
+        """The stored state document of a version (state, by, reason, at, metadata), or None."""
+        try:
+            return json.loads(self.storage.read_bytes(self._state_key(version)))
+        except StorageKeyNotFound:
+            return None
+
+    def in_state(self, state: str) -> list[str]:
+        """Versions in ``state``, oldest first (e.g. APPROVED: approved challengers not yet promoted)."""
+        return [v for v, s in self.states().items() if s == state]
+
+    def annotate(self, version: str, **metadata: Any) -> None:
+        """Attach metadata to a version (its SageMaker model package ARN, an MLflow run id, ...); no transition."""
+        self._require(version)
+        doc = self.state_record(version) or {"version": version, "state": None}  # no transition yet
+        doc["metadata"] = {**doc.get("metadata", {}), **metadata}
+        self.storage.write_bytes(self._state_key(version), json.dumps(doc, indent=2).encode())
+
+    def metadata(self, version: str) -> dict[str, Any]:
+        return (self.state_record(version) or {}).get("metadata", {})
+
+    def write_metrics(self, version: str, doc: dict[str, Any]) -> str:
+        """Store the candidate's metrics document; returns its URI (what SageMaker's ModelMetrics points at)."""
+        key = f"metrics/{_check_name(version, 'version')}.json"
+        self.storage.write_bytes(key, json.dumps(doc, indent=2, sort_keys=True).encode())
+        return f"{self.storage.uri.rstrip('/')}/{key}"
+
+    def _transition(
+        self,
+        version: str,
+        state: str,
+        reason: str,
+        by: str,
+        extra: dict[str, Any] | None = None,
+        previous_state: str | None = None,
+    ) -> None:
+        extra = _check_extra(extra)
+        previous_state, at = previous_state or self.states([version])[version], _now()
+        self._write_state(version, state, by, reason, at)
+        fields = {"event": state, "version": version, "state": state, "previous_state": previous_state}
+        self._record({**fields, "by": by, "reason": reason, **extra}, at)
+
+    def _write_state(self, version: str, state: str, by: str, reason: str, at: datetime) -> None:
+        if state not in STATES or state == CHAMPION:  # champion is the alias, not a stored state
+            raise RegistryError(f"invalid state: {state!r}")
+        metadata = (self.state_record(version) or {}).get("metadata", {})
+        doc = {"version": version, "state": state, "by": by, "reason": reason, "at": _iso(at), "metadata": metadata}
+        self.storage.write_bytes(self._state_key(version), json.dumps(doc, indent=2).encode())
+
+    def _require(self, version: str) -> None:
+        if not self.storage.exists(f"models/{_check_name(version, 'version')}/{MANIFEST}"):
+            raise UnknownVersionError(version)
+
+    @staticmethod
+    def _state_key(version: str) -> str:
+        return f"states/{_check_name(version, 'version')}.json"
 
     def champion(self) -> str | None:
         """Current champion version, or None before the first promotion."""

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .aws_clients import LazyClient
+from .tracking import ENV_TRACKING_URI
 
 ENV_IMAGE = "READMIT_TRAINING_IMAGE"  # our image in this account's ECR (template parameter TrainingImage)
 ENV_ROLE = "READMIT_SAGEMAKER_ROLE_ARN"
@@ -62,6 +63,9 @@ class TrainingSettings(BaseModel):
     instance_type: str = Field(default="ml.m5.xlarge", pattern=r"^ml\.")
     volume_gb: int = Field(default=10, ge=1)
     max_runtime_s: int = Field(default=3600, ge=1)
+    # where the job's run is tracked (chalicelib/tracking.py): "off", or a SageMaker MLflow tracking server's ARN;
+    # a TrainingEnvironmentMap value is at most 512 characters (botocore's sagemaker model)
+    mlflow_tracking_uri: str = Field(default="off", max_length=512)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> TrainingSettings:
@@ -74,6 +78,7 @@ class TrainingSettings(BaseModel):
             output_uri=env[ENV_OUTPUT],
             kms_key_id=env[ENV_KMS_KEY],
             instance_type=env.get(ENV_INSTANCE) or "ml.m5.xlarge",
+            mlflow_tracking_uri=env.get(ENV_TRACKING_URI) or "off",
         )
 
 
@@ -133,6 +138,8 @@ class TrainingJobs:
             "OutputDataConfig": {"S3OutputPath": s.output_uri, "KmsKeyId": s.kms_key_id},
             "ResourceConfig": resources,
             "StoppingCondition": {"MaxRuntimeInSeconds": s.max_runtime_s},
+            # TrainingEnvironmentMap: at most 100 entries, keys [a-zA-Z_][a-zA-Z0-9_]*, values ≤ 512 characters
+            "Environment": {ENV_TRACKING_URI: s.mlflow_tracking_uri, "READMIT_TRAINING_JOB_NAME": name},
         }
 
     def start(self, name: str, data_uri: str, hyperparameters: Mapping[str, Any]) -> str:

@@ -18,6 +18,9 @@ When a framework image's toolkit runs it (``python chalicelib/sagemaker_train.py
 ``SM_CHANNEL_TRAIN``, ``SM_MODEL_DIR``, ``SM_OUTPUT_DATA_DIR``, ``SM_OUTPUT_DIR`` and ``SM_HPS`` (JSON).
 ``READMIT_ML_ROOT`` replaces ``/opt/ml``: for tests only (SageMaker always mounts ``/opt/ml``).
 
+The run is tracked in MLflow only when the job's Environment names a tracking server (``READMIT_MLFLOW_TRACKING_URI``:
+the stack's ``MlflowTrackingServerArn``); ``READMIT_TRAINING_JOB_NAME`` tags the run with the job.
+
 Up to the Python check below this module runs on any Python 3: an image with the wrong Python then fails with a
 FailureReason that says so, not with a TypeError from deep inside the training stack (``slots=True`` on 3.9).
 """
@@ -78,7 +81,13 @@ if __package__ in (None, ""):  # run as a script: make `chalicelib` importable f
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError  # noqa: E402 - after the Python check
 
+from chalicelib import tracking  # noqa: E402
 from chalicelib.train import DEFAULT_TREES, TrainConfig, train  # noqa: E402
+
+# Set on the job's Environment by chalicelib/sagemaker_jobs.py (CreateTrainingJob Environment: at most 100
+# variables, values up to 512 characters; botocore shape TrainingEnvironmentMap). No tracking URI means no
+# tracking here: a job's container has no local store worth writing to.
+ENV_JOB_NAME = "READMIT_TRAINING_JOB_NAME"
 
 
 class HyperParameters(BaseModel):
@@ -131,6 +140,15 @@ def read_hyperparameters(env: Mapping[str, str]) -> dict[str, object]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def tracking_config(env: Mapping[str, str]) -> tuple[tracking.TrackingSettings, dict[str, str]]:
+    """MLflow settings and run tags for a job: the tracking server the job names (READMIT_MLFLOW_TRACKING_URI,
+    the stack's MlflowTrackingServerArn) or none; tagged with the job's name when it is known."""
+    tags = {tracking.TAG_SOURCE: "sagemaker"}
+    if env.get(ENV_JOB_NAME):
+        tags["sagemaker.training_job"] = env[ENV_JOB_NAME]
+    return tracking.TrackingSettings.from_env(env, local_default=False), tags
+
+
 def find_input(channel: Path) -> Path:
     files = sorted(p for p in channel.rglob("*") if p.is_file() and p.name.lower().endswith(DATA_SUFFIXES))
     if not files:
@@ -147,7 +165,15 @@ def main(env: Mapping[str, str] = os.environ) -> Path:
     model_dir = Path(env.get("SM_MODEL_DIR") or root / "model")
     output_dir = Path(env.get("SM_OUTPUT_DATA_DIR") or root / "output" / "data")
     cfg = parse_hyperparameters(read_hyperparameters(env)).train_config()
-    result = train(find_input(channel), output_dir / "bundles", cfg, progress=lambda m: print(m, flush=True))
+    settings, tags = tracking_config(env)
+    result = train(
+        find_input(channel),
+        output_dir / "bundles",
+        cfg,
+        progress=lambda m: print(m, flush=True),
+        tracking_settings=settings,
+        run_tags=tags,
+    )
     model_dir.mkdir(parents=True, exist_ok=True)
     for item in result.bundle_dir.iterdir():
         target = model_dir / item.name
@@ -156,6 +182,8 @@ def main(env: Mapping[str, str] = os.environ) -> Path:
         else:
             shutil.copy2(item, target)
     run = {"version": result.version, "seed": cfg.seed, "holdout_frac": cfg.holdout_frac}
+    if ref := tracking.run_reference(result.meta):
+        run["mlflow_run_id"] = ref["run_id"]
     (output_dir / "summary.json").write_text(json.dumps({**run, **result.meta["summary"]}))
     # SageMaker reads metrics from the log with the training job's MetricDefinitions regexes: keep this format.
     print(f"readmit-metric roc_auc={result.meta['summary']['roc_auc']:.5f} ece={result.meta['summary']['ece']:.5f}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from .history_store import HistoryStore
 from .identifiers import current_salt, hash_id
 from .model_provider import ModelProvider
 from .schema import columns_from_records, is_excluded
+
+if TYPE_CHECKING:
+    from .shadow import ShadowScorer
 
 COHORT_MESSAGE = "patients discharged to hospice or expired (11, 13, 14, 19, 20, 21) are outside the model's cohort"
 
@@ -42,14 +45,22 @@ class Scored:
 
 
 class Predictor:
-    """Scores validated records with the provider's current model; records history and audit on request."""
+    """Scores validated records with the provider's current model; records history and audit on request.
+
+    With a ``shadow`` (and a log), each API request's encoded features are handed to the challenger after the
+    champion has scored and logged them; the challenger scores off the request path (chalicelib/shadow.py)."""
 
     def __init__(
-        self, provider: ModelProvider, history: HistoryStore | None = None, log: PredictionLog | None = None
+        self,
+        provider: ModelProvider,
+        history: HistoryStore | None = None,
+        log: PredictionLog | None = None,
+        shadow: ShadowScorer | None = None,
     ) -> None:
         self.provider = provider
         self.history = history
         self.log = log
+        self.shadow = shadow
 
     def model(self) -> ModelBundle:
         model = self.provider.current()
@@ -99,12 +110,15 @@ class Predictor:
         ]
         if self.log is not None:
             at = datetime.now(UTC).strftime(AUDIT_TIME)  # one request, one time
+            hashed = [_encounter_hash(r, salt) for r in records]
             self.log.append(
                 [
-                    _audit(request_id, at, model.version, results[i], records[i], X[i], source, salt, caller)
+                    _audit(request_id, at, model.version, results[i], hashed[i], X[i], source, caller)
                     for i in range(len(records))
                 ]
             )
+            if self.shadow is not None and source == "api":  # the batch job and /chat (no log) never shadow
+                self.shadow.submit(model, X, request_id, at, hashed, caller)
         if remember and self.history is not None:
             for record in records:
                 if record.get("patient_nbr") is not None and record.get("encounter_id") is not None:
@@ -113,25 +127,28 @@ class Predictor:
         return results
 
 
+def _encounter_hash(record: dict[str, Any], salt: str | None) -> str | None:
+    eid = record.get("encounter_id")
+    return hash_id(eid, salt, kind="encounter") if eid is not None else None
+
+
 def _audit(
     request_id: str,
     at: str,
     version: str,
     scored: Scored,
-    record: dict[str, Any],
+    encounter_hash: str | None,
     x: np.ndarray,
     source: str,
-    salt: str | None,
     caller: str | None = None,
 ) -> AuditRecord:
-    eid = record.get("encounter_id")
     return AuditRecord.scored(
         request_id=request_id,
         at=at,
         model_version=version,
         risk=scored.risk,
         risk_tier=scored.tier,
-        encounter_hash=hash_id(eid, salt, kind="encounter") if eid is not None else None,
+        encounter_hash=encounter_hash,
         features=x.astype(np.float64).tolist(),  # NaN (a missing input) is written as null
         source=source,
         caller=caller,

@@ -47,3 +47,39 @@ DEFAULT_EMBED_MODEL = "amazon.titan-embed-text-v2:0"
 
 def index_dir(explicit: str | None = None) -> Path:
     return Path(explicit or os.environ.get(ENV_INDEX_DIR) or home() / "index")
+
+
+# ---- model governance: registry with approval (issue #15) ----------------------------------------------------
+ENV_PROMOTION_POLICY = "READMIT_PROMOTION_POLICY"  # auto (default: gate pass → promoted) | manual (→ pending)
+ENV_MODEL_PACKAGE_GROUP = "READMIT_MODEL_PACKAGE_GROUP"  # SageMaker Model Package Group; unset: no SageMaker copy
+PROMOTION_POLICIES = ("auto", "manual")
+
+
+def promotion_policy(explicit: str | None = None) -> str:
+    """auto or manual: the explicit value, else $READMIT_PROMOTION_POLICY, else auto (today's behaviour)."""
+    policy = (explicit or os.environ.get(ENV_PROMOTION_POLICY) or "auto").strip().lower()
+    if policy not in PROMOTION_POLICIES:
+        raise ValueError(f"{ENV_PROMOTION_POLICY} must be one of {PROMOTION_POLICIES}, got {policy!r}")
+    return policy
+
+
+# ---- shadow runs before promotion (issue #15) ----------------------------------------------------------------
+ENV_MIN_SHADOW_REQUESTS = "READMIT_MIN_SHADOW_REQUESTS"  # requests a challenger must score in shadow (default 0)
+ENV_MIN_SHADOW_HOURS = "READMIT_MIN_SHADOW_HOURS"  # hours it must have been the shadow model (default 0)
+ENV_SHADOW_LOG = "READMIT_SHADOW_LOG"  # the readable log GET /model/shadow reports on when the API's is Firehose
+
+
+def min_shadow_requests(explicit: int | None = None) -> int:
+    """Minimum shadow requests before promotion: the explicit value, else $READMIT_MIN_SHADOW_REQUESTS, else 0."""
+    value = explicit if explicit is not None else int(os.environ.get(ENV_MIN_SHADOW_REQUESTS) or 0)
+    if value < 0:
+        raise ValueError(f"{ENV_MIN_SHADOW_REQUESTS} must be 0 or more, got {value}")
+    return value
+
+
+def min_shadow_hours(explicit: float | None = None) -> float:
+    """Minimum hours in shadow before promotion: the explicit value, else $READMIT_MIN_SHADOW_HOURS, else 0."""
+    value = explicit if explicit is not None else float(os.environ.get(ENV_MIN_SHADOW_HOURS) or 0)
+    if not value >= 0:  # also refuses NaN
+        raise ValueError(f"{ENV_MIN_SHADOW_HOURS} must be 0 or more, got {value}")
+    return value

@@ -81,6 +81,8 @@ class SnapStartHooks:
             _new_boto3_session(self._service_models)
         if self.built is not None:
             self.built.provider.check_at_next_use()
+            if self.built.predictor.shadow is not None:  # the shadow alias may have moved since the snapshot too
+                self.built.predictor.shadow.check_at_next_use()
         age = round(time.time() - self.snapshot_at) if self.snapshot_at is not None else None
         log.info("restored from snapshot", extra={"snapshot_age_s": age})
 

@@ -24,6 +24,7 @@ from chalicelib.dataset import DatasetNotFound, locate, open_text
 settings.register_profile("repeatable", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+os.environ.setdefault("READMIT_MLFLOW_TRACKING_URI", "off")  # session fixtures train too; test_tracking.py opts in
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +37,7 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
         monkeypatch.setenv(var, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("READMIT_MLFLOW_TRACKING_URI", "off")  # tests track only when they ask (test_tracking.py)
 
 
 @pytest.fixture(scope="session")

@@ -1590,6 +1590,12 @@ ALLOWED_SURPLUS: dict[str, dict[str, str]] = {
             "dynamodb:ConditionCheckItem",
         )
     },
+    # Not a boto3 call, so the collector cannot see it: MLflow's REST client, signed with SigV4 by the
+    # sagemaker-mlflow plugin, tags the training run with the registry version (chalicelib/tracking.py
+    # record_registration → MlflowClient.log_batch). Granted only when MlflowTrackingServerArn is set.
+    "Statement": {
+        "sagemaker-mlflow:LogBatch": "MLflow's client (sagemaker-mlflow plugin, not boto3) tags the run: tracking.py",
+    },
 }
 
 

@@ -87,3 +87,67 @@ def test_small_subgroups_are_not_judged(data) -> None:  # type: ignore[no-untype
 def test_thresholds_are_configurable_from_a_dict() -> None:
     cfg = GateConfig.from_dict({"min_auc": "0.7", "max_ece": 0.01, "unknown": 1})
     assert cfg.min_auc == 0.7 and cfg.max_ece == 0.01 and cfg.max_auc_drop == 0.005
+
+
+# ---- the subgroup rule on bootstrap intervals (issue #19) ------------------------------------------------------------
+def _relabel(groups: dict[str, np.ndarray], rows: np.ndarray, value: str) -> dict[str, np.ndarray]:
+    race = groups["race"].copy()
+    race[rows] = value
+    return dict(groups, race=race)
+
+
+def test_a_group_whose_low_auc_is_chance_passes_because_its_interval_reaches_the_bar(data) -> None:  # type: ignore[no-untyped-def]
+    """350 random encounters scored by the same model as everyone: their AUC dips 0.11 under the overall by chance
+    (a draw found once, fixed here). The old point rule rejected this good model; the interval overlaps."""
+    from sklearn.metrics import roc_auc_score
+
+    y, groups = data
+    p = scores(y, 0.0)
+    rows = np.random.default_rng(77).choice(N, 350, replace=False)
+    point, overall = roc_auc_score(y[rows], p[rows]), roc_auc_score(y, p)
+    assert overall - point > 0.08 and y[rows].sum() >= 30  # what the old gate judged, and failed
+    d = decide(y, p, 0.2, _relabel(groups, rows, "Asian"))
+    assert d.promote, d.reasons
+    assert d.challenger["subgroups"]["race"]["Asian"]["roc_auc_interval"][1] > overall - GateConfig().max_subgroup_gap
+
+
+def test_a_group_of_250_with_no_signal_fails_because_its_whole_interval_is_low(data) -> None:  # type: ignore[no-untyped-def]
+    """Too small for the old fixed 300-encounter cut, so its harm went unseen; its interval is wholly low."""
+    y, groups = data
+    p = scores(y, 0.0)
+    rows = np.arange(N - 250, N)
+    p[rows] = np.random.default_rng(4).permutation(p[rows])
+    d = decide(y, p, 0.2, _relabel(groups, rows, "Asian"))
+    assert not d.promote
+    [reason] = [r for r in d.reasons if r.startswith("fairness: race=Asian")]
+    assert "95% CI" in reason and "wholly" in reason
+    assert d.challenger["subgroups"]["race"]["Asian"]["roc_auc_interval"][1] < d.challenger["roc_auc"] - 0.08
+
+
+def test_a_group_too_small_to_judge_is_reported_and_does_not_fail(data) -> None:  # type: ignore[no-untyped-def]
+    y, groups = data
+    p = scores(y, 0.0)
+    rows = np.arange(60)
+    p[rows] = np.random.default_rng(3).permutation(p[rows])  # no signal, but far too few to tell
+    d = decide(y, p, 0.2, _relabel(groups, rows, "Asian"))
+    assert d.promote, d.reasons
+    [reason] = [r for r in d.reasons if "too few to judge" in r]
+    assert "race=Asian (n 60" in reason and "not gating" in reason
+
+
+def test_the_floor_applies_to_the_interval_upper_bound(data) -> None:  # type: ignore[no-untyped-def]
+    """A large group with no signal: its whole interval lies under the 0.60 floor."""
+    y, groups = data
+    p = scores(y, 0.0)
+    black = groups["race"] == "AfricanAmerican"
+    p[black] = np.random.default_rng(9).permutation(p[black])
+    d = decide(y, p, 0.2, groups, cfg=GateConfig(max_subgroup_gap=1.0))  # only the floor can fail it
+    assert not d.promote and any("wholly below the floor 0.600" in r for r in d.reasons)
+
+
+def test_the_gate_resamples_patients_when_it_has_them(data) -> None:  # type: ignore[no-untyped-def]
+    y, groups = data
+    d = decide(y, scores(y, 0.0), 0.2, groups, patients=np.arange(N) // 3)
+    assert d.challenger["bootstrap"] == {"resamples": 1000, "unit": "patient"}
+    assert d.config["bootstrap_resamples"] == 1000
+    assert decide(y, scores(y, 0.0), 0.2, groups).challenger["bootstrap"]["unit"] == "encounter"

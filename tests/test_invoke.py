@@ -21,6 +21,7 @@ from chalicelib.local_invoke import load_handler, module_file
 from chalicelib.registry import Registry
 from chalicelib.sam_template import FUNCTION_TYPES, DevDependencyMissing, Resolver, Template, Unresolved
 from tests.replay import EVENTS, ROOT, fixture, proxy, retrain_world, rules_starting, run, starts, template
+from tests.test_approval import moto_update_as_documented, person_decides
 from tests.test_batch_job import aws  # noqa: F401  (the moto buckets the batch fixtures name)
 from tests.test_embedder_function import BUCKET as EMBEDDER_BUCKET
 from tests.test_embedder_function import world  # noqa: F401  (the moto world the SQS fixtures name)
@@ -36,6 +37,7 @@ API_STATUS = {
     "api_predict_batch.json": 200,
     "api_health.json": 200,
     "api_model.json": 200,
+    "api_model_shadow.json": 200,
     "api_metrics.json": 200,
     "api_openapi.json": 200,
     "api_unknown_path.json": 404,  # API Gateway's /{proxy+} resource: the app's own 404, in the error format
@@ -160,6 +162,9 @@ def test_an_unknown_function_or_a_bad_env_pair_is_refused(capsys: pytest.Capture
 
 
 # ---- replay every fixture ---------------------------------------------------------------------------------------
+Scenario = Callable[[pytest.FixtureRequest], Any]
+
+
 @contextmanager
 def local_champion(request: pytest.FixtureRequest) -> Iterator[None]:
     """The local registry (under $READMIT_HOME) with a real champion: what the unset bucket variables fall
@@ -188,6 +193,19 @@ def retraining(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
 
 
+def package_decided(status: str) -> Scenario:
+    """The retraining world plus the fixtures' model package for the challenger, approved or rejected by a person
+    (the promote and reject functions also take SageMaker's state change events)."""
+
+    @contextmanager
+    def scenario(request: pytest.FixtureRequest) -> Iterator[None]:
+        with retraining(request), moto_update_as_documented():
+            person_decides(status, CHALLENGER, fixture("retrain_promote.json")["registry_uri"])
+            yield
+
+    return scenario
+
+
 def check_api(name: str, response: dict[str, Any]) -> None:
     status, body = proxy(response)
     assert status == API_STATUS[name], body
@@ -206,7 +224,7 @@ def fixture_body(name: str) -> dict[str, Any]:
 
 
 def check_retraining(name: str, out: dict[str, Any]) -> None:
-    registry = Registry.open(fixture(name)["registry_uri"])
+    registry = Registry.open(fixture(name).get("registry_uri") or fixture("retrain_promote.json")["registry_uri"])
     if name == "retrain_start_training.json":
         assert out["job_name"].startswith("readmit-schedule-") and "_" not in out["job_name"]
     elif name == "retrain_check_training.json":
@@ -218,6 +236,11 @@ def check_retraining(name: str, out: dict[str, Any]) -> None:
         assert out == {"champion": CHALLENGER, "promoted": CHALLENGER} and registry.champion() == CHALLENGER
     elif name == "retrain_reject.json":
         assert out == {"champion": CHAMPION, "rejected": CHALLENGER} and registry.history()[-1]["event"] == "rejected"
+    elif name == "promote_model_package_approved.json":
+        assert out == {"champion": CHALLENGER, "promoted": CHALLENGER, "changed": True}
+    elif name == "reject_model_package_rejected.json":
+        assert out == {"champion": CHAMPION, "rejected": CHALLENGER, "changed": True}
+        assert registry.history()[-1]["reason"] == "rejected by the fixtures' reviewer"
 
 
 def check_drift_monitor(name: str, out: dict[str, Any]) -> None:
@@ -284,12 +307,13 @@ def check_batch(name: str, out: dict[str, Any]) -> None:
         assert out["scored_file"].endswith("scored/2026-11-27/discharges.csv") and out["rows"] == 5
 
 
-Scenario = Callable[[pytest.FixtureRequest], Any]
 RETRAINING_STEPS = ("StartTrainingFunction", "CheckTrainingFunction", "EvaluateFunction", "PromoteFunction")
 SCENARIOS: dict[str, tuple[Scenario, Callable[[str, Any], None]]] = {
     "ApiFunction": (local_champion, check_api),
     "DriftMonitorFunction": (local_champion, check_drift_monitor),
-    **{step: (retraining, check_retraining) for step in (*RETRAINING_STEPS, "RejectFunction")},
+    **{step: (retraining, check_retraining) for step in RETRAINING_STEPS},
+    "PromoteFunction": (package_decided("Approved"), check_retraining),
+    "RejectFunction": (package_decided("Rejected"), check_retraining),
     "EmbedderFunction": (ingesting, check_embedder),
     **{
         fn: (batch_scoring, check_batch)

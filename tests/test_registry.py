@@ -209,13 +209,15 @@ def test_promotion_records_the_previous_champion_in_history_order(registry: Regi
         ("registered", "v3"),
         ("promoted", "v1"),
         ("promoted", "v2"),
+        ("archived", "v1"),  # the replaced champion
         ("rejected", "v3"),
     ]
     assert events[3]["previous"] is None
     assert events[4]["previous"] == "v1"
+    assert registry.states() == {"v1": "archived", "v2": "champion", "v3": "rejected"}
     assert events[4]["reason"] == "higher AUC"
     assert events[4]["auc"] == 0.71
-    assert events[5]["ece"] == 0.09
+    assert events[6]["ece"] == 0.09
     assert [e["at"] for e in events] == sorted(e["at"] for e in events)
     assert all(e["at"].endswith("Z") for e in events)
 

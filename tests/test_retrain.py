@@ -19,6 +19,7 @@ def test_first_retrain_promotes_and_a_worse_gate_outcome_keeps_the_champion(samp
 
     first = retrain(sample_csv, registry, trigger="schedule", train_cfg=small(), gate_cfg=GateConfig(min_auc=0.55))
     assert first.decision.promote and registry.champion() == first.version
+    assert first.state == "champion"  # policy auto (the default): no one is asked
 
     # the challenger must now beat the champion by 0.05 AUC, which a retrain on the same data cannot
     strict = GateConfig(min_auc=0.55, max_auc_drop=-0.05)
@@ -29,6 +30,8 @@ def test_first_retrain_promotes_and_a_worse_gate_outcome_keeps_the_champion(samp
     assert [e["event"] for e in events] == ["promoted", "rejected"]
     assert events[1]["trigger"] == "drift" and "trails the champion" in events[1]["reason"]
     assert events[1]["version"] == second.version and events[1]["champion_metrics"]["roc_auc"] > 0.55
+    assert second.state == "rejected" and not [e for e in registry.history() if e["event"] == "pending"]
+    assert registry.states() == {first.version: "champion", second.version: "rejected"}
 
 
 def test_a_bad_trigger_is_refused(sample_csv: Path, tmp_path: Path) -> None:
@@ -55,12 +58,24 @@ def test_retrain_remote_starts_the_state_machine_with_a_valid_input(monkeypatch)
             "stateMachineArn"
         ]
         args = ["retrain", "--remote", "--state-machine", arn, "--data", "s3://data/training/diabetic_data.csv",
-                "--registry", "s3://models/registry", "--trigger", "manual"]  # fmt: skip
+                "--registry", "s3://models/registry", "--trigger", "manual", "--policy", "manual"]  # fmt: skip
         assert main(args) == 0
         [execution] = sfn.list_executions(stateMachineArn=arn)["executions"]
         payload = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
     run = RetrainInput.model_validate(payload)
-    assert run.trigger == "manual" and run.registry_uri == "s3://models/registry"
+    assert run.trigger == "manual" and run.registry_uri == "s3://models/registry" and run.policy == "manual"
+
+
+def test_an_execution_can_require_approval_but_never_skip_the_stacks() -> None:
+    from chalicelib.pipeline import effective_policy
+
+    assert effective_policy(None, {}) == "auto"  # today's behaviour
+    assert effective_policy("manual", {}) == "manual"
+    assert effective_policy("auto", {"READMIT_PROMOTION_POLICY": "manual"}) == "manual"
+    import pytest
+
+    with pytest.raises(ValueError, match="READMIT_PROMOTION_POLICY"):
+        effective_policy(None, {"READMIT_PROMOTION_POLICY": "sometimes"})
 
 
 def test_retrain_remote_without_a_state_machine_says_what_is_missing(capsys) -> None:  # type: ignore[no-untyped-def]

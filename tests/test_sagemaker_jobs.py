@@ -190,4 +190,5 @@ def test_the_module_no_longer_reads_a_source_uri() -> None:
     assert not hasattr(sagemaker_jobs, "ENV_SOURCE") and not hasattr(sagemaker_jobs, "ENTRY_POINT")  # no script mode
     assert settings().model_dump().keys() == {
         "image_uri", "role_arn", "output_uri", "kms_key_id", "instance_type", "volume_gb", "max_runtime_s",
+        "mlflow_tracking_uri",
     }  # fmt: skip

@@ -172,7 +172,7 @@ def test_states_follow_the_documented_workflow() -> None:
     states = load()["States"]
     assert list(states) == [
         *("Defaults", "ApplyDefaults", "StartTraining", "WaitForTraining", "CheckTraining", "TrainingStatus"),
-        *("TrainingFailed", "Evaluate", "Decide", "Promote", "Reject", "NotifyResult", "Done"),
+        *("TrainingFailed", "Evaluate", "Decide", "Promote", "Reject", "AwaitApproval", "NotifyResult", "Done"),
         *("NotifyFailure", "Failed"),
     ]
     assert states["StartTraining"]["Resource"] == "arn:aws:states:::lambda:invoke"
@@ -253,6 +253,14 @@ def test_the_training_loop_compares_only_statuses_that_describe_training_job_ret
     # every other status (Failed, Stopped, Deleting, or one AWS adds later) fails the run
     assert choice["Default"] == "TrainingFailed"
     assert statuses - set(routes) >= {"Failed", "Stopped"}
+
+
+def test_a_candidate_pending_approval_never_reaches_promote_or_reject() -> None:
+    states = load()["States"]
+    assert reachable(states, "AwaitApproval") == {"AwaitApproval", "NotifyResult", "Done", "NotifyFailure", "Failed"}
+    [pending, passed] = states["Decide"]["Choices"]
+    assert pending["Next"] == "AwaitApproval" and passed["Next"] == "Promote"  # pending is tested first
+    assert {"Variable": "$.decision.approval", "StringEquals": "PendingManualApproval"} in pending["And"]
 
 
 def test_failure_paths_never_reach_the_only_state_that_changes_the_champion() -> None:
@@ -469,6 +477,31 @@ def test_a_challenger_that_fails_the_gate_is_rejected_and_the_reasons_are_announ
     assert body["promote"] is False
     assert body["reasons"] == reasons
     assert message["Subject"] == f"readmit retraining (drift): challenger {CHALLENGER} promote=false"
+
+
+def test_manual_policy_a_passing_candidate_waits_for_approval_and_nothing_promotes_or_rejects(stack: Stack) -> None:
+    pending = {**decision(True, ["ROC AUC 0.672 vs champion 0.664"]), "approval": "PendingManualApproval"}
+    queue_lambda_results(STARTED, COMPLETED, pending)
+
+    run = execute(stack, "run-manual")
+
+    assert run.status == "SUCCEEDED", run.events[-1]
+    assert run.entered[-4:] == ["Decide", "AwaitApproval", "NotifyResult", "Done"]
+    assert run.lambda_inputs(stack.arns["PromoteFunctionArn"]) == []
+    assert run.lambda_inputs(stack.arns["RejectFunctionArn"]) == []
+    assert run.output is not None and run.output["outcome"] == {"pending": CHALLENGER}
+    [message] = run.messages
+    assert json.loads(message["Message"])["approval"] == "PendingManualApproval"
+
+
+def test_auto_policy_an_approved_candidate_is_promoted_as_before(stack: Stack) -> None:
+    approved = {**decision(True, ["ROC AUC 0.672 vs champion 0.664"]), "approval": "Approved"}
+    queue_lambda_results(STARTED, COMPLETED, approved, {"champion": CHALLENGER, "promoted": CHALLENGER})
+
+    run = execute(stack, "run-auto")
+
+    assert run.status == "SUCCEEDED", run.events[-1]
+    assert run.entered[-4:] == ["Decide", "Promote", "NotifyResult", "Done"]
 
 
 def test_failed_training_is_announced_fails_the_execution_and_never_promotes_or_rejects(stack: Stack) -> None:

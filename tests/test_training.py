@@ -162,3 +162,44 @@ def test_sagemaker_entry_point_trains_from_the_channel_into_the_model_dir(sample
     model = ModelBundle.load(tmp_path / "model")  # the model dir is itself a loadable bundle
     summary = json.loads((tmp_path / "output" / "summary.json").read_text())
     assert summary["version"] == model.version
+
+
+# ---- intervals, fairness gaps and per-group out-of-fold metrics (issue #19) ----------------------------------------
+def test_the_bundle_stores_intervals_fairness_gaps_and_the_decision_curve(small_bundle: Path) -> None:
+    metrics = json.loads((small_bundle / "metrics.json").read_text())
+    prod = metrics["holdout"]["models"]["production"]
+    assert prod["bootstrap"]["unit"] == "patient" and prod["bootstrap"]["resamples"] == 1000
+    lo, hi = prod["intervals"]["roc_auc"]
+    assert lo < prod["roc_auc"] < hi
+    assert set(prod["fairness"]) == {"race", "gender", "age_band"}
+    assert "intervals" not in metrics["cv"]["models"]["production"]  # the holdout is the primary evaluation
+    judged = [r for t in prod["subgroups"].values() for r in t.values() if r["judgeable"]]
+    assert judged and all(r["intervals"]["recall"] is not None for r in judged)
+    assert all(r["roc_auc"] is None for t in prod["subgroups"].values() for r in t.values() if not r["judgeable"])
+    assert [round(r["threshold"], 2) for r in metrics["dca"]][:2] == [0.05, 0.06]
+    assert metrics["data_quality"]["missing"]["weight"] > 0
+
+
+def test_cli_evaluate_by_group_prints_points_with_intervals(small_bundle: Path, sample_csv: Path) -> None:
+    done = run_cli("evaluate", "--model", str(small_bundle), "--data", str(sample_csv), "--by", "age_band")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["by"] == "age_band" and set(out["fairness"]) == {"roc_auc", "recall", "fpr", "calibration_in_the_large"}
+    point, lo, hi = out["overall"]["roc_auc"]
+    assert lo < point < hi
+    for row in out["groups"].values():
+        assert row.get("note") == "too few to judge" or row["recall"][1] <= row["recall"][0] <= row["recall"][2]
+
+
+def test_cli_evaluate_oof_re_creates_the_out_of_fold_predictions_of_training(
+    small_bundle: Path, sample_csv: Path
+) -> None:
+    done = run_cli("evaluate", "--model", str(small_bundle), "--data", str(sample_csv), "--by", "age_band", "--oof")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert "out-of-fold" in out["evaluated_on"]
+    cv = json.loads((small_bundle / "metrics.json").read_text())["cv"]["models"]["production"]
+    # the same folds, seeds and calibration as training: the stored CV metrics come back
+    assert out["overall"]["roc_auc"][0] == pytest.approx(cv["roc_auc"], abs=1e-9)
+    assert sum(r["n"] for r in out["groups"].values()) == cv["n"]
+    assert out["overall"]["roc_auc"][1] < out["overall"]["roc_auc"][0] < out["overall"]["roc_auc"][2]

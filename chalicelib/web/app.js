@@ -650,7 +650,7 @@
   async function loadModel() {
     if (modelLoaded) return;
     const out = $('model-out');
-    const [info, cardRes] = await Promise.all([call('model'), call('model/card')]);
+    const [info, cardRes, shadowRes] = await Promise.all([call('model'), call('model/card'), call('model/shadow')]);
     if (info.status !== 200) {
       out.replaceChildren(el('p', { class: denied(info) ? 'notice' : 'error', id: 'model-error', text: `The model information is not shown: ${problem(info)}.` }));
       return;
@@ -667,6 +667,7 @@
           ['Precision (high tier)', pct(s.precision)], ['Recall (high tier)', pct(s.recall)], ['Encounters evaluated', num(s.n)]]
           .map(([l, v]) => { const d = metric(l, v); d.setAttribute('role', 'listitem'); return d; })),
     ];
+    parts.push(shadowSection(shadowRes));
     const card = el('div', { class: 'model-card', id: 'model-card' });
     if (cardRes.status === 200) card.innerHTML = cardRes.body.html; // server-rendered from the bundle's card; every text escaped there
     else card.append(el('p', { class: 'notice', text: `The model card is not available: ${problem(cardRes)}` }));
@@ -679,6 +680,47 @@
     }
   }
   onShow['tab-model'] = loadModel;
+
+  /** The shadow model against the champion on the same requests (GET /model/shadow), as one compact table. */
+  function shadowSection(res) {
+    const box = el('section', { id: 'shadow', 'aria-labelledby': 'shadow-title' }, el('h2', { id: 'shadow-title', text: 'Shadow model' }));
+    if (res.status !== 200) {
+      box.append(el('p', { class: 'notice', id: 'shadow-none', text: unavailable(res) && !denied(res) ? 'No shadow report from this deployment.' : `The shadow report is not shown: ${problem(res)}.` }));
+      return box;
+    }
+    const r = res.body;
+    if (!r.shadow_version) {
+      box.append(el('p', { id: 'shadow-none', text: 'No shadow model: only the champion scores requests.' }));
+      return box;
+    }
+    const fixed = (x, d = 3) => (x === null || x === undefined ? '–' : x.toFixed(d));
+    const signed = (x) => (x === null || x === undefined ? '–' : (x >= 0 ? '+' : '') + (100 * x).toFixed(1) + ' pts');
+    box.append(el('p', {}, 'Version ', el('strong', { id: 'shadow-version', text: r.shadow_version }),
+      ` scores each request beside champion ${r.champion_version || '–'} since ${r.window[0] || 'the start of the log'}; answers come from the champion only.`));
+    const h = r.high_risk, shift = r.risk_shift, real = r.realized || {};
+    const both = (key) => [real.champion ? fixed(real.champion[key], key === 'ece' ? 4 : 3) : '–', real.shadow ? fixed(real.shadow[key], key === 'ece' ? 4 : 3) : '–'];
+    const rows = [
+      ['Requests compared', num(r.requests_compared), `${num(r.encounters_compared)} encounters`],
+      ['Risk tier agreement', r.tier_agreement === null ? '–' : pct(r.tier_agreement), ''],
+      ['High-risk list: champion / shadow', h ? `${num(h.champion)} / ${num(h.shadow)}` : '–', h ? `${num(h.entering)} would join, ${num(h.leaving)} would leave; churn (Jaccard distance) ${h.jaccard_distance === null ? '–' : pct(h.jaccard_distance)}` : ''],
+      ['Mean risk shift (shadow − champion)', shift ? signed(shift.mean) : '–', shift ? `SD ${signed(shift.sd)}, 5th–95th percentile ${signed(shift.p05)} to ${signed(shift.p95)}` : ''],
+      ['Realized ROC-AUC: champion / shadow', both('roc_auc').join(' / '), real.labelled ? `${num(real.labelled)} matured, labelled encounters` : (real.note || '')],
+      ['Realized ECE: champion / shadow', both('ece').join(' / '), ''],
+    ];
+    box.append(el('div', { class: 'table-wrap' }, el('table', { id: 'shadow-table' },
+      el('caption', { class: 'visually-hidden', text: 'Shadow model compared with the champion' }),
+      el('thead', {}, el('tr', {}, el('th', { scope: 'col', text: 'Measure' }), el('th', { scope: 'col', class: 'num', text: 'Value' }), el('th', { scope: 'col', text: 'Detail' }))),
+      el('tbody', {}, ...rows.map(([k, v, d]) => el('tr', {}, el('th', { scope: 'row', text: k }), el('td', { class: 'num', text: v }), el('td', { text: d })))))));
+    if (r.tier_table) {
+      const t = r.tier_table;
+      box.append(el('div', { class: 'table-wrap' }, el('table', { id: 'shadow-tiers' },
+        el('caption', { text: 'Risk tiers: champion (rows) by shadow (columns)' }),
+        el('thead', {}, el('tr', {}, el('td', {}), ...t.tiers.map((x) => el('th', { scope: 'col', class: 'num', text: `shadow ${x}` })))),
+        el('tbody', {}, ...t.counts.map((row, i) => el('tr', {}, el('th', { scope: 'row', text: `champion ${t.tiers[i]}` }), ...row.map((n) => el('td', { class: 'num', text: num(n) }))))))));
+    }
+    box.append(el('p', { class: 'meta', text: r.note }));
+    return box;
+  }
 
   // ---- start --------------------------------------------------------------------------------------------------------
   async function start() {
