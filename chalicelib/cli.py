@@ -260,7 +260,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .dataset import locate
     from .tune import tune
 
-    report = tune(locate(args.data), progress=Reporter())
+    study = Path(args.study) if args.study else None
+    report = tune(
+        locate(args.data),
+        folds=args.folds,
+        progress=Reporter(),
+        trials=args.trials,
+        timeout=args.timeout,
+        study_path=study,
+    )
     if args.out:
         Path(args.out).write_text(report)
         _err(f"wrote {args.out}")
@@ -780,9 +788,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--oof", action="store_true", help="with --by: out-of-fold metrics of a grouped CV re-run")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("tune", help="grouped-CV hyper-parameter search on training data")
+    s = sub.add_parser("tune", help="grouped-CV hyper-parameter search on training data (Optuna)")
     s.add_argument("--data")
     s.add_argument("--out", help="write the Markdown report here")
+    s.add_argument("--trials", type=int, default=40, help="trials to add to the study (a rerun resumes it)")
+    s.add_argument("--timeout", type=float, help="start no trial after this many seconds")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--study", help="Optuna SQLite file (default: $READMIT_HOME/optuna.db)")
     s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("retrain", help="train a challenger, gate it against the champion, promote or reject")
