@@ -214,7 +214,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     held = holdout_mask(model.meta, content_sha256(data), patients)
     if held is not None and args.data is None and held.any():  # the bundle's own holdout: patients it never saw
         y, risk, groups, patients = y[held], risk[held], {k: v[held] for k, v in groups.items()}, patients[held]
-        scope = f"the model's holdout: {len(np.unique(patients[held])):,} patients it never saw"
+        scope = f"the model's holdout: {len(np.unique(patients)):,} patients it never saw"
         overlap: float | None = 0.0
     else:
         scope = f"every labelled cohort row of {data.name}"

@@ -62,18 +62,6 @@ def served(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     server.process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield browser
-        browser.close()
-
-
 @contextlib.contextmanager
 def open_page(browser: Any, url: str) -> Iterator[Any]:
     """A fresh tab (own session storage) on the page, with the form built; fails on script errors or CSP blocks."""

@@ -27,7 +27,7 @@ from chalicelib.schema import EXCLUDED_DISPOSITIONS
 from chalicelib.service import Predictor
 from chalicelib.shadow import ShadowScorer, shadow_ready, shadow_report
 from tests.replay import EVENTS
-from tests.test_browser_e2e import browser, open_page  # noqa: F401  (the session's headless Chromium)
+from tests.test_browser_e2e import open_page
 from tests.test_server_e2e import start_server
 
 SECRET = "a-dev-secret-that-is-long-enough-for-hs256"
@@ -530,7 +530,7 @@ def test_the_model_tab_shows_no_shadow_model_then_the_shadow_table(
     small_bundle: Path,
     challenger_bundle: Path,
     tmp_path: Path,
-    browser: Any,  # noqa: F811  (the fixture imported above)
+    browser: Any,
 ) -> None:
     registry = Registry.open(tmp_path / "registry")
     a, b = registry.register(small_bundle), registry.register(challenger_bundle)
