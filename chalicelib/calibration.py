@@ -77,3 +77,17 @@ def cross_fit(method: str, p: np.ndarray, y: np.ndarray, folds: np.ndarray) -> n
         test = folds == k
         out[test] = fit(method, p[~test], y[~test])(p[test])
     return out
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over equal-width probability bins, weighted by bin size (here, not in
+    evaluation.py, because the API's shadow report needs it without scikit-learn)."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.sum() * abs(p[m].mean() - y[m].mean())
+    return float(total / len(y))

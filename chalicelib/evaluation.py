@@ -15,6 +15,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 
 from . import bootstrap
 from .bootstrap import GROUP_MEASURES, JUDGEABLE, LEVEL, RESAMPLES, SEED, MinSize
+from .calibration import ece
 
 MIN_SUBGROUP = JUDGEABLE.encounters  # kept for callers of the old name
 TOO_FEW = "too few to judge"
@@ -26,19 +27,6 @@ JUDGED_FIELDS = (
 OVERALL_INTERVALS = ("roc_auc", "brier", "ece", "calibration_in_the_large", "recall", "fpr")
 DCA_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 11))  # 0.05 … 0.50, the card's table
 DCA_GRID = tuple(round(0.01 * k, 2) for k in range(5, 51))  # 0.05 … 0.50 by 0.01, stored and plotted
-
-
-def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over equal-width probability bins, weighted by bin size."""
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            total += m.sum() * abs(p[m].mean() - y[m].mean())
-    return float(total / len(y))
 
 
 def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:

@@ -425,19 +425,10 @@ def auc(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray) -> float
 
 
 def ece(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over equal-width bins, weighted by bin size: evaluation.ece's definition (that
-    module needs scikit-learn, which the API does not have)."""
-    import numpy as np
+    """calibration.ece (evaluation's definition, without scikit-learn, which the API does not have)."""
+    from .calibration import ece as expected_calibration_error
 
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            total += m.sum() * abs(p[m].mean() - y[m].mean())
-    return float(total / len(y))
+    return expected_calibration_error(y, p, bins)
 
 
 def _realized(
