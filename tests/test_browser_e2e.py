@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -616,6 +617,12 @@ def test_cognito_sign_in_with_pkce_then_calls_carry_the_access_token_and_sign_ou
             shoot(page, "signed-in.png")
 
             page.get_by_role("button", name="Sign out").click()  # to /logout and back to the page
+            deadline = time.monotonic() + 15
+            while not cognito.logout:  # left for /logout …
+                assert time.monotonic() < deadline, "the page never went to /logout"
+                time.sleep(0.05)
+            page.wait_for_url(page_url)  # … and came back: a new page, whose form is built again before a click
+            page.wait_for_selector("body[data-ready='true']")
             expect(page.locator("#auth-status")).to_have_text("Not signed in")
             assert cognito.logout == [{"client_id": client, "logout_uri": page_url}]
             assert page.evaluate("sessionStorage.getItem('readmit.token')") is None
