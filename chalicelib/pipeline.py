@@ -209,14 +209,23 @@ def _package_registry(package: sm.Package, s3_client: Any) -> tuple[Registry, st
     return Registry.open(uri, s3_client=s3_client), package.version
 
 
+def _not_ours(package: Any, status: str, workflow: str) -> dict[str, Any] | None:
+    """Why an event is skipped: the package has moved on since (events repeat and arrive late), or its status was
+    the gate's own at creation (the state machine acts on it); None when the event is this function's to act on."""
+    if package.status != status:
+        return {"skipped": f"the package is now {package.status}", "model_package": package.arn}
+    if package.set_at_creation:
+        verb = "approved" if status == sm.APPROVED else "rejected"
+        return {"skipped": f"{verb} by the gate at creation: {workflow}"}
+    return None
+
+
 def promote_package(event: dict[str, Any], s3_client: Any = None, sagemaker_client: Any = None) -> dict[str, Any]:
     """An approved model package becomes the champion, once: a repeated event or a re-approval of the champion is
     a no-op. A status set when the package was created (policy auto) is left to the workflow's Promote step."""
     packages, package = _package_change(event, sagemaker_client)
-    if package.status != sm.APPROVED:
-        return {"skipped": f"the package is now {package.status}", "model_package": package.arn}
-    if package.set_at_creation:
-        return {"skipped": "approved by the gate at creation: the workflow's Promote step promotes it"}
+    if skipped := _not_ours(package, sm.APPROVED, "the workflow's Promote step promotes it"):
+        return skipped
     registry, version = _package_registry(package, s3_client)
     reason = package.approval_description or "approved in SageMaker"
     log = None
@@ -241,10 +250,8 @@ def reject_package(event: dict[str, Any], s3_client: Any = None, sagemaker_clien
     """A person's rejection in SageMaker lands in the registry history with who and why (once). A status set when
     the package was created (the gate failed it) is left to the workflow's Reject step, which records the reasons."""
     _, package = _package_change(event, sagemaker_client)
-    if package.status != sm.REJECTED:
-        return {"skipped": f"the package is now {package.status}", "model_package": package.arn}
-    if package.set_at_creation:
-        return {"skipped": "rejected by the gate at creation: the workflow's Reject step records it"}
+    if skipped := _not_ours(package, sm.REJECTED, "the workflow's Reject step records it"):
+        return skipped
     registry, version = _package_registry(package, s3_client)
     changed = registry.state(version) != REJECTED
     if changed:

@@ -212,8 +212,13 @@ class Registry:
 
     def get_alias(self, alias: str) -> str | None:
         """Version an alias points to, or None if unset."""
+        record = self.alias_record(alias)
+        return record["version"] if record else None
+
+    def alias_record(self, alias: str) -> dict[str, Any] | None:
+        """The alias object ({"alias", "version", "updated_at", "reason"}), or None if unset."""
         try:
-            return json.loads(self.storage.read_bytes(self._alias_key(alias)))["version"]
+            return json.loads(self.storage.read_bytes(self._alias_key(alias)))
         except StorageKeyNotFound:
             return None
 

@@ -22,7 +22,6 @@ numpy and the model stack are imported where scoring or a report needs them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .audit import AuditRecord, PredictionLog
 from .registry import SHADOW, Registry, RegistryError
 from .settings import min_shadow_hours, min_shadow_requests
-from .storage import StorageError, StorageKeyNotFound
+from .storage import StorageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -520,13 +519,9 @@ def shadow_report(
 
 # ---- the promotion rule ----------------------------------------------------------------------------------------
 def alias_set_at(registry: Registry, alias: str = SHADOW) -> tuple[str, datetime] | None:
-    """(version, when it was set) of an alias, from its object ``aliases/<alias>.json`` (the layout registry.py
-    documents: {"alias", "version", "updated_at", "reason"}), or None when unset."""
-    try:
-        doc = json.loads(registry.storage.read_bytes(f"aliases/{alias}.json"))
-    except StorageKeyNotFound:
-        return None
-    return doc["version"], datetime.fromisoformat(doc["updated_at"])
+    """(version, when it was set) of an alias, or None when unset."""
+    doc = registry.alias_record(alias)
+    return (doc["version"], datetime.fromisoformat(doc["updated_at"])) if doc else None
 
 
 def shadow_requests(
