@@ -223,7 +223,7 @@ training-image:
 		echo "TrainingImage=$$digest"
 
 # Batch scoring (issue #9): chalicelib + the step's handler as app.py + the serving dependencies (no pandas, no
-# scikit-learn), with Powertools' tracer for chalicelib.lambda_step; boto3 and botocore come with the runtime.
+# scikit-learn), with Powertools' tracer for chalicelib.core.lambda_step; boto3 and botocore come with the runtime.
 .PHONY: build-BatchScoreFunction build-BatchScoreMapFunction build-BatchPrepareFunction build-BatchMergeFunction
 define batch_function
 	cp -r chalicelib "$(ARTIFACTS_DIR)/" && cp functions/$(1)/app.py "$(ARTIFACTS_DIR)/app.py"

@@ -1,4 +1,4 @@
-"""Chalice routes: a thin adapter from API Gateway events to `chalicelib.api.ReadmitAPI`."""
+"""Chalice routes: a thin adapter from API Gateway events to `chalicelib.serving.api.ReadmitAPI`."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ from chalice import Chalice
 from chalice import Response as ChaliceResponse
 from chalice.app import Request as ChaliceRequest
 
-from chalicelib import post_invoke, snapstart, telemetry
-from chalicelib.api import ReadmitAPI, Request, Response
+from chalicelib.core import post_invoke, telemetry
+from chalicelib.serving import snapstart
+from chalicelib.serving.api import ReadmitAPI, Request, Response
 
 app = Chalice(app_name="readmit-api")  # not "readmit": Chalice would set the Powertools logger to ERROR
 app.debug = False  # never send stack traces to callers
 ANY = ["*/*"]  # accept every Content-Type so a wrong one gets our 415 body, not Chalice's
 CATCH_ALL = "/{proxy+}"  # template.yaml's CatchAll event: API Gateway sends every path no other resource has here
 _api: ReadmitAPI | None = None
-# On Lambda: an internal extension that sends the prediction log after each response (chalicelib/post_invoke.py);
+# On Lambda: an internal extension that sends the prediction log after each response (chalicelib/core/post_invoke.py);
 # registered during Init, before the SnapStart hooks build the API, so the API's log defers to it. A no-op elsewhere.
 post_invoke.start()
 
@@ -33,7 +34,7 @@ def api() -> ReadmitAPI:
 
 
 # Lambda SnapStart: build and warm the API before the version's snapshot; renew per-environment state after each
-# restore (chalicelib/snapstart.py). Registers nothing off Lambda or without the runtime's snapshot_restore_py.
+# restore (chalicelib/serving/snapstart.py). Registers nothing off Lambda or without the runtime's snapshot_restore_py.
 snapstart.register(api)
 
 

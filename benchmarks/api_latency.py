@@ -105,7 +105,7 @@ def main() -> None:
             "POWERTOOLS_LOG_LEVEL": "WARNING",
         }
     )
-    from chalicelib.loader import bundle_path
+    from chalicelib.registry.loader import bundle_path
 
     registry = os.environ.get("READMIT_REGISTRY") or str(ROOT / ".readmit" / "registry")
     model_dir = str(bundle_path(args.model or registry))
@@ -143,7 +143,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     import app
-    from chalicelib.bundle import ModelBundle
+    from chalicelib.model.bundle import ModelBundle
 
     event = json.loads(EVENT.read_text())
     for _ in range(200):
@@ -191,9 +191,9 @@ def main() -> None:
         "500 real encounters (varied, as a hospital sends them)": batch_event(real_encounters(args.data, 500)),
         "500 copies of the fixture encounter": batch_event([{**body, "encounter_id": 10_000 + i} for i in range(500)]),
     }
-    from chalicelib.api_models import parse_encounter_body
-    from chalicelib.features import encode
-    from chalicelib.schema import columns_from_records
+    from chalicelib.data.schema import columns_from_records
+    from chalicelib.features.encoding import encode
+    from chalicelib.serving.api_models import parse_encounter_body
 
     records = [
         parse_encounter_body(e, batch_item=True) for e in json.loads(next(iter(batches.values()))["body"])["encounters"]
@@ -241,9 +241,9 @@ def compare_logs(calls: int, put_ms: float) -> None:
     after the response is timed apart: it is billed duration, not latency."""
     sys.path.insert(0, str(ROOT))
     import app
-    from chalicelib.audit import LocalPredictionLog, S3PredictionLog
-    from chalicelib.post_invoke import PostInvoke
-    from chalicelib.prediction_stream import FirehosePredictionLog
+    from chalicelib.core.audit import LocalPredictionLog, S3PredictionLog
+    from chalicelib.core.post_invoke import PostInvoke
+    from chalicelib.serving.prediction_stream import FirehosePredictionLog
 
     event = json.loads(EVENT.read_text())
     predictor = app.api().predictor
@@ -285,7 +285,7 @@ def compare_auth(calls: int) -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     import app
-    from chalicelib import auth
+    from chalicelib.serving import auth
 
     event = json.loads(EVENT.read_text())
     claims = event["requestContext"]["authorizer"]["claims"]
@@ -332,7 +332,7 @@ def compare_auth(calls: int) -> None:
 
 def challenger_dir(registry_uri: str, champion_dir: str) -> str:
     """The registry's shadow model, else its newest version that is not the served one, downloaded."""
-    from chalicelib.registry import SHADOW, Registry
+    from chalicelib.registry.registry import SHADOW, Registry
 
     registry = Registry.open(registry_uri, validate=False)
     served = Path(champion_dir).name
@@ -352,9 +352,9 @@ def compare_shadow(calls: int, challenger: str) -> None:
     daemon thread scores while the next requests are served: two cores, one GIL)."""
     sys.path.insert(0, str(ROOT))
     import app
-    from chalicelib.model_provider import ModelProvider
-    from chalicelib.post_invoke import PostInvoke
-    from chalicelib.shadow import ShadowScorer
+    from chalicelib.core.post_invoke import PostInvoke
+    from chalicelib.monitoring.shadow import ShadowScorer
+    from chalicelib.registry.provider import ModelProvider
 
     event = json.loads(EVENT.read_text())
     predictor = app.api().predictor
@@ -434,8 +434,8 @@ def real_encounters(data: str | None, n: int) -> list[dict[str, object]]:
     """n in-cohort rows of the UCI file as the API receives them (its own strings; '?' = missing)."""
     import csv
 
-    from chalicelib.dataset import locate, open_text
-    from chalicelib.schema import EXCLUDED_DISPOSITIONS
+    from chalicelib.data.dataset import locate, open_text
+    from chalicelib.data.schema import EXCLUDED_DISPOSITIONS
 
     with open_text(locate(data, download=False)) as fh:
         rows = [r for r in csv.DictReader(fh) if int(r["discharge_disposition_id"]) not in EXCLUDED_DISPOSITIONS]

@@ -47,7 +47,7 @@ import importlib.util
 spec = importlib.util.spec_from_file_location("fn", {app!r})
 spec.loader.exec_module(importlib.util.module_from_spec(spec))
 t1 = time.perf_counter()
-from chalicelib.bundle import ModelBundle
+from chalicelib.model.bundle import ModelBundle
 ModelBundle.load({bundle!r})
 print(json.dumps({{"import_s": t1 - t0, "load_s": time.perf_counter() - t1,
                   "pandas": "pandas" in sys.modules, "sklearn": "sklearn" in sys.modules}}))
@@ -69,7 +69,7 @@ class MemoryS3:
 
 def million_row_file(data: Path, rows: int, dest: Path) -> int:
     """The UCI rows repeated with fresh encounter and patient ids until ``rows``; returns the row count."""
-    from chalicelib.dataset import open_text
+    from chalicelib.data.dataset import open_text
 
     with open_text(data) as fh:
         reader = csv.reader(fh)
@@ -107,12 +107,13 @@ def main() -> None:
 
     os.environ.setdefault("READMIT_ID_SALT", "benchmark-salt")  # as READMIT_ID_SALT_SECRET on AWS: resolved once
     os.environ.update({"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"})
-    from chalicelib import batch_job, settings
-    from chalicelib.audit import S3PredictionLog
-    from chalicelib.batch_output import from_csv
-    from chalicelib.batch_rows import prepare, write_items
-    from chalicelib.dataset import locate
-    from chalicelib.loader import bundle_path
+    from chalicelib.batch import job as batch_job
+    from chalicelib.batch.output import from_csv
+    from chalicelib.batch.rows import prepare, write_items
+    from chalicelib.core import settings
+    from chalicelib.core.audit import S3PredictionLog
+    from chalicelib.data.dataset import locate
+    from chalicelib.registry.loader import bundle_path
 
     bundle = bundle_path(args.model or settings.registry_uri())
     data = locate(Path(args.data) if args.data else None)

@@ -1,5 +1,5 @@
-"""Cold start of the API function with and without Lambda SnapStart's hooks (chalicelib/snapstart.py), each figure
-measured in fresh processes. Prints the figures.
+"""Cold start of the API function with and without Lambda SnapStart's hooks (chalicelib/serving/snapstart.py), each
+figure measured in fresh processes. Prints the figures.
 
     .venv/bin/python benchmarks/cold_start.py --registry DIR    (default: $READMIT_REGISTRY, else .readmit/registry)
     make build-ApiFunction ARTIFACTS_DIR=$PWD/build/lambda && \\
@@ -60,7 +60,7 @@ print(json.dumps({"import_s": imported - t0, "first_s": first, "total_s": time.p
 """
 
 SNAPSTART = """
-from chalicelib import snapstart
+from chalicelib.serving import snapstart
 hooks = snapstart.SnapStartHooks(app.api)  # what snapstart.register(app.api) hands the runtime
 started = time.perf_counter(); hooks.before_snapshot(); hook = time.perf_counter() - started
 started = time.perf_counter(); hooks.after_restore(); restore_hook = time.perf_counter() - started
@@ -76,7 +76,7 @@ print(json.dumps({"import_s": imported - t0, "hook_s": hook, "after_restore_s": 
 BOTO3 = """
 import json, sys, time
 sys.path.insert(0, {root!r})
-from chalicelib import snapstart
+from chalicelib.serving import snapstart
 import boto3
 preloaded = snapstart._preload_service_models({{"READMIT_REGISTRY": "s3://bucket/registry"}})
 out = {{}}

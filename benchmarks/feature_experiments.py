@@ -11,7 +11,7 @@ risk (calibrated by the other folds, as ``train`` reports it) and the out-of-fol
 
 A candidate is a function of the validated table that returns extra columns for every valid row; history-like
 candidates see the excluded encounters too, as ``train.prepare``'s history does. Nothing here is served: a
-candidate that is kept is re-implemented in ``chalicelib/features.py``'s one path.
+candidate that is kept is re-implemented in ``chalicelib/features/encoding.py``'s one path.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import numpy as np
 import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
-from chalicelib import calibration, icd9
-from chalicelib.dataset import locate
-from chalicelib.features import DIAGS, FEATURE_NAMES, MEDICATIONS, _diag_info
-from chalicelib.schema import category_code
-from chalicelib.tabular import Table, read_table
-from chalicelib.train import (
+from chalicelib.data.dataset import locate
+from chalicelib.data.schema import category_code
+from chalicelib.data.tabular import Table, read_table
+from chalicelib.features import icd9
+from chalicelib.features.encoding import DIAGS, FEATURE_NAMES, MEDICATIONS, _diag_info
+from chalicelib.model import calibration
+from chalicelib.model.train import (
     DEFAULT_PARAMS,
     DEFAULT_TREES,
     MONOTONE_INCREASING,
@@ -44,7 +45,9 @@ from chalicelib.train import (
     prepare,
 )
 
-PIPELINE_HOLDOUT = 0.2  # chalicelib/pipeline.py RunInput.eval_frac: the share the retraining pipeline holds out
+PIPELINE_HOLDOUT = (
+    0.2  # chalicelib/lifecycle/pipeline.py RunInput.eval_frac: the share the retraining pipeline holds out
+)
 OLD_BANDS = ("[70-80)", "[80-90)", "[90-100)")
 Extra = tuple[list[str], np.ndarray]  # (names, matrix over the table's valid rows)
 
@@ -309,7 +312,7 @@ CANDIDATES: dict[str, Callable[[Table], Extra]] = {
     "d_age_interactions": age_interactions,
 }
 # Trained on the first, the held-out fold scored with the second: (a) with the preceding encounter's outcome not
-# yet uploaded when the current one is scored (the outcome feed's 30-day maturity, chalicelib/outcomes.py).
+# yet uploaded when the current one is scored (the outcome feed's 30-day maturity, chalicelib/monitoring/outcomes.py).
 SERVED_LATE: dict[str, tuple[Callable[[Table], Extra], Callable[[Table], Extra]]] = {
     "a_prior_outcome_counts_served_late": (prior_outcomes_counts, prior_outcomes_lagged),
     "a_prior_outcome_counts_served_30d_late": (prior_outcomes_counts, prior_outcomes_30d_late),

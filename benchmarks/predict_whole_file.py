@@ -34,7 +34,11 @@ def whole_process(model: str, data: Path, runs: int, tree: Path = ROOT) -> tuple
     allowed, as in a normal install). CPU time is printed too: on a shared machine it moves less than wall time.
     ``tree``: the checkout whose ``chalicelib`` runs (another one to compare with an older version)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    command = [sys.executable, "-m", "chalicelib.cli"]  # what .venv/bin/readmit runs, with ``tree`` first on the path
+    command = [
+        sys.executable,
+        "-m",
+        "chalicelib.cli.main",
+    ]  # what .venv/bin/readmit runs, with ``tree`` first on the path
     walls, cpus = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(runs):
@@ -57,12 +61,12 @@ def whole_process(model: str, data: Path, runs: int, tree: Path = ROOT) -> tuple
 
 def phases(model_uri: str, data: Path) -> dict[str, float]:
     """Seconds per phase of one in-process run (imports and the model check excluded; they are start-up)."""
-    from chalicelib.batch import import_xgboost_lean, predict_file
+    from chalicelib.batch.local import import_xgboost_lean, predict_file
 
     import_xgboost_lean()
-    from chalicelib.features import encode, history_in_file
-    from chalicelib.loader import load_model
-    from chalicelib.tabular import read_table
+    from chalicelib.data.tabular import read_table
+    from chalicelib.features.encoding import encode, history_in_file
+    from chalicelib.registry.loader import load_model
 
     model = load_model(model_uri)
     t0 = time.perf_counter()
@@ -82,8 +86,8 @@ def phases(model_uri: str, data: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    from chalicelib import settings
-    from chalicelib.dataset import locate
+    from chalicelib.core import settings
+    from chalicelib.data.dataset import locate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="bundle folder or registry URI (default: the local registry's champion)")

@@ -32,8 +32,8 @@ def ms(samples: list[float]) -> str:
 
 
 def open_store(kind: str, folder: Path) -> tuple[Any, Any]:
-    from chalicelib.numpy_store import NumpyStore
-    from chalicelib.qdrant_store import QdrantStore, qdrant_client
+    from chalicelib.similar.numpy_store import NumpyStore
+    from chalicelib.similar.qdrant_store import QdrantStore, qdrant_client
 
     if kind == "numpy":
         return NumpyStore(folder / "index"), None
@@ -52,11 +52,11 @@ def main() -> None:
     home = Path(tempfile.mkdtemp())
     os.environ.update({"READMIT_HOME": str(home), "READMIT_ID_SALT": "benchmark-salt"})
 
-    from chalicelib.dataset import locate
-    from chalicelib.embedding import LocalEmbedder, row_record
-    from chalicelib.indexing import index_rows, take
-    from chalicelib.similar import SimilarPatients
-    from chalicelib.tabular import read_table
+    from chalicelib.data.dataset import locate
+    from chalicelib.data.tabular import read_table
+    from chalicelib.similar.embedding import LocalEmbedder, row_record
+    from chalicelib.similar.indexing import index_rows, take
+    from chalicelib.similar.search import SimilarPatients
 
     t0 = time.perf_counter()
     table = read_table(locate(args.data), require_target=True)

@@ -13,10 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from chalicelib.batch import predict_file
-from chalicelib.bundle import ModelBundle
-from chalicelib.dataset import locate
-from chalicelib.train import TrainConfig, train
+from chalicelib.batch.local import predict_file
+from chalicelib.data.dataset import locate
+from chalicelib.model.bundle import ModelBundle
+from chalicelib.model.train import TrainConfig, train
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from hypothesis import settings
 
-from chalicelib.dataset import DatasetNotFound, locate, open_text
+from chalicelib.data.dataset import DatasetNotFound, locate, open_text
 
 # Property and contract fuzz tests draw the same examples on every run of the same code, so a build fails only when
 # the code changes, never by the luck of a draw; HYPOTHESIS_PROFILE=explore draws fresh examples when hunting.
@@ -70,7 +70,7 @@ def sample_csv(raw_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="session")
 def small_bundle(sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (small) model: 3-fold grouped CV, 60 trees, on the sample."""
-    from chalicelib.train import TrainConfig, train
+    from chalicelib.model.train import TrainConfig, train
 
     cfg = TrainConfig(n_estimators=60, folds=3, baselines=False, holdout_frac=0.2)
     return train(sample_csv, tmp_path_factory.mktemp("bundles"), cfg).bundle_dir
@@ -82,7 +82,7 @@ SIMILAR_SALT = "similar-test-salt"  # index and queries must hash encounter ids 
 
 @pytest.fixture(scope="session")
 def sample_table(sample_csv: Path):
-    from chalicelib.tabular import read_table
+    from chalicelib.data.tabular import read_table
 
     return read_table(sample_csv, require_target=True)
 
@@ -90,9 +90,9 @@ def sample_table(sample_csv: Path):
 @pytest.fixture(scope="session")
 def sample_index(sample_table, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample's labelled, in-cohort encounters, indexed with the local embedder (ids hashed with SIMILAR_SALT)."""
-    from chalicelib.embedding import LocalEmbedder
-    from chalicelib.indexing import index_rows, select, take
-    from chalicelib.numpy_store import NumpyStore
+    from chalicelib.similar.embedding import LocalEmbedder
+    from chalicelib.similar.indexing import index_rows, select, take
+    from chalicelib.similar.numpy_store import NumpyStore
 
     folder = tmp_path_factory.mktemp("index")
     t = sample_table
@@ -116,7 +116,7 @@ def model_tarball(sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) ->
     import json
     import tarfile
 
-    from chalicelib import sagemaker_train
+    from chalicelib.model import sagemaker_train
 
     tmp = tmp_path_factory.mktemp("sm")
     (tmp / "train").mkdir()
@@ -140,7 +140,7 @@ def model_tarball(sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def log_output() -> Iterator[io.StringIO]:
     """The service log's lines, formatted as they are written (Powertools' JSON), from a handler of our own: the
     logger's stdout handler holds the stream it found at import, which capsys/capfd do not replace."""
-    from chalicelib import telemetry
+    from chalicelib.core import telemetry
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

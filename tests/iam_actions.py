@@ -35,13 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chalicelib.local_invoke import module_file
-from chalicelib.sam_template import Template, load_template
+from chalicelib.cli.local_invoke import module_file
+from chalicelib.cli.sam_template import Template, load_template
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("chalicelib",)  # the project's own packages; anything else is a third-party library
 # Modules that make clients for a service their caller names (LazyClient("s3")): the callers' literals are collected.
-CLIENT_FACTORIES = {"chalicelib.aws_clients"}
+CLIENT_FACTORIES = {"chalicelib.core.aws_clients"}
 
 
 # ---- 1. the operations the code can call ------------------------------------------------------------------------
@@ -1161,7 +1161,7 @@ ACTION_EXCEPTIONS: dict[tuple[str, str], tuple[str, ...]] = {
     # (https://docs.aws.amazon.com/bedrock/latest/userguide/conversation-inference-call.html)
     # With guardrailConfig, Converse also needs bedrock:ApplyGuardrail on the guardrail ("Set up permissions to use
     # Amazon Bedrock Guardrails": https://docs.aws.amazon.com/bedrock/latest/userguide/guardrails-permissions.html);
-    # /chat always sends one when READMIT_GUARDRAIL_ID is set (chalicelib/chat.py).
+    # /chat always sends one when READMIT_GUARDRAIL_ID is set (chalicelib/similar/chat.py).
     ("bedrock-runtime", "Converse"): ("bedrock:InvokeModel", "bedrock:ApplyGuardrail"),
     ("bedrock-runtime", "ConverseStream"): ("bedrock:InvokeModelWithResponseStream",),
     # The batch APIs are authorised as the single-message actions (SQS API reference, SendMessageBatch /
@@ -1591,7 +1591,7 @@ ALLOWED_SURPLUS: dict[str, dict[str, str]] = {
         )
     },
     # Not a boto3 call, so the collector cannot see it: MLflow's REST client, signed with SigV4 by the
-    # sagemaker-mlflow plugin, tags the training run with the registry version (chalicelib/tracking.py
+    # sagemaker-mlflow plugin, tags the training run with the registry version (chalicelib/model/tracking.py
     # record_registration → MlflowClient.log_batch). Granted only when MlflowTrackingServerArn is set.
     "Statement": {
         "sagemaker-mlflow:LogBatch": "MLflow's client (sagemaker-mlflow plugin, not boto3) tags the run: tracking.py",

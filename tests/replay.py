@@ -14,8 +14,8 @@ from typing import Any
 import boto3
 from moto import mock_aws
 
-from chalicelib.local_invoke import invoke
-from chalicelib.sam_template import Template, Unresolved, intrinsic
+from chalicelib.cli.local_invoke import invoke
+from chalicelib.cli.sam_template import Template, Unresolved, intrinsic
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"

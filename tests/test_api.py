@@ -11,17 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chalicelib.api import ReadmitAPI, Request
-from chalicelib.api_models import MAX_BATCH, parse_encounter_body
-from chalicelib.audit import LocalPredictionLog
-from chalicelib.bundle import ModelBundle
-from chalicelib.errors import ValidationFailed
-from chalicelib.features import FEATURE_NAMES, encode, history_in_file
-from chalicelib.history_store import SQLiteHistoryStore
-from chalicelib.identifiers import hash_id
-from chalicelib.model_provider import ModelProvider
-from chalicelib.schema import COLUMNS, columns_from_records
-from chalicelib.service import Predictor
+from chalicelib.core.audit import LocalPredictionLog
+from chalicelib.core.identifiers import hash_id
+from chalicelib.data.schema import COLUMNS, columns_from_records
+from chalicelib.features.encoding import FEATURE_NAMES, encode, history_in_file
+from chalicelib.model.bundle import ModelBundle
+from chalicelib.registry.provider import ModelProvider
+from chalicelib.serving.api import ReadmitAPI, Request
+from chalicelib.serving.api_models import MAX_BATCH, parse_encounter_body
+from chalicelib.serving.errors import ValidationFailed
+from chalicelib.serving.history_store import SQLiteHistoryStore
+from chalicelib.serving.service import Predictor
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 
@@ -348,7 +348,7 @@ def test_the_document_accepts_an_encounter_exactly_when_the_server_does(api: Rea
 
 def test_similar_patients_k_is_a_json_schema_integer_so_22_point_0_is_one_and_text_is_not() -> None:
     # found by schemathesis' positive_data_acceptance: k 22.0 is an integer by JSON Schema 2020-12 (section 6.1.1)
-    from chalicelib.similar_models import parse_similar
+    from chalicelib.serving.similar_models import parse_similar
 
     validator = _validator("SimilarRequest")
     for k, valid in ((22.0, True), (22, True), (22.5, False), ("5", False), (True, False)):
@@ -366,7 +366,7 @@ def test_similar_and_chat_declare_what_the_encounter_must_hold(api: ReadmitAPI) 
         validator = _validator(name)
         assert not validator.is_valid({"encounter": {}, **extra})  # the server answers 422: gender is required
         assert validator.is_valid({"encounter": example(), **extra})
-    from chalicelib.openapi import document
+    from chalicelib.serving.openapi import document
 
     paths = document()["paths"]
     for path in ("/similar-patients", "/chat"):
@@ -374,7 +374,7 @@ def test_similar_and_chat_declare_what_the_encounter_must_hold(api: ReadmitAPI) 
 
 
 def test_record_true_needs_both_identifiers_and_says_so_in_the_document(api: ReadmitAPI) -> None:
-    from chalicelib.openapi import document
+    from chalicelib.serving.openapi import document
 
     body = {k: v for k, v in example().items() if k != "encounter_id"}
     status, out = post(api, body, query={"record": "true"})
@@ -390,7 +390,7 @@ def test_record_true_needs_both_identifiers_and_says_so_in_the_document(api: Rea
 
 
 def test_a_batch_over_the_item_limit_answers_the_413_the_document_lists(api: ReadmitAPI) -> None:
-    from chalicelib.openapi import document
+    from chalicelib.serving.openapi import document
 
     status, _ = post(api, {"encounters": [example()] * (MAX_BATCH + 1)}, route="batch")
     responses = document()["paths"]["/predict/batch"]["post"]["responses"]
@@ -418,7 +418,7 @@ def test_a_batch_over_the_item_limit_answers_the_413_the_document_lists(api: Rea
 def test_the_document_accepts_a_chat_question_exactly_when_the_server_does(question: str, valid: bool) -> None:
     """Found by schemathesis in a fresh clone: "\\n" met the document's minLength 1 but the server, which stripped
     whitespace first, refused it. Both now check the question as sent."""
-    from chalicelib.similar_models import parse_chat
+    from chalicelib.serving.similar_models import parse_chat
 
     body = {"encounter": example(), "question": question}
     assert _validator("ChatRequest").is_valid(body) is valid, repr(question)

@@ -21,11 +21,11 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from chalicelib import pipeline, promotion
-from chalicelib import sagemaker_registry as sm
-from chalicelib.cli import main
-from chalicelib.model_check import InvalidModel
-from chalicelib.registry import Registry, RegistryError
+from chalicelib.cli.main import main
+from chalicelib.lifecycle import pipeline, promotion
+from chalicelib.registry import sagemaker as sm
+from chalicelib.registry.model_check import InvalidModel
+from chalicelib.registry.registry import Registry, RegistryError
 from tests.replay import fixture, retrain_world, run
 from tests.test_model_check import broken, tiny  # noqa: F401  (a small real bundle, and a broken copy of it)
 
@@ -142,9 +142,9 @@ def test_manual_policy_end_to_end_pending_then_approved_then_the_running_server_
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from chalicelib.gate import GateConfig
-    from chalicelib.retrain import retrain
-    from chalicelib.train import TrainConfig
+    from chalicelib.lifecycle.gate import GateConfig
+    from chalicelib.lifecycle.retrain import retrain
+    from chalicelib.model.train import TrainConfig
     from tests.test_server_e2e import start_server
 
     folder = tmp_path / "registry"

@@ -14,7 +14,7 @@ import pytest
 from moto import mock_aws
 from pydantic import ValidationError
 
-from chalicelib.audit import (
+from chalicelib.core.audit import (
     ENV_PREDICTION_LOG,
     AuditRecord,
     CorruptAuditLog,

@@ -16,12 +16,12 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from chalicelib import auth
-from chalicelib.api import ReadmitAPI, Request
-from chalicelib.audit import LocalPredictionLog
-from chalicelib.identifiers import hash_id
-from chalicelib.model_provider import ModelProvider
-from chalicelib.service import Predictor
+from chalicelib.core.audit import LocalPredictionLog
+from chalicelib.core.identifiers import hash_id
+from chalicelib.registry.provider import ModelProvider
+from chalicelib.serving import auth
+from chalicelib.serving.api import ReadmitAPI, Request
+from chalicelib.serving.service import Predictor
 from tests.replay import EVENTS, proxy, run
 from tests.test_server_e2e import start_server
 
@@ -40,7 +40,7 @@ def fixture_event(name: str) -> dict[str, Any]:
 
 # ---- the rule itself ------------------------------------------------------------------------------------------
 def test_every_route_of_the_template_has_exactly_the_scope_the_app_requires() -> None:
-    """template.yaml's per-method scopes and chalicelib/auth.py's ROUTE_SCOPES are one rule written twice."""
+    """template.yaml's per-method scopes and chalicelib/serving/auth.py's ROUTE_SCOPES are one rule written twice."""
     from tests.replay import template
 
     events = template().resources["ApiFunction"]["Properties"]["Events"]
@@ -291,7 +291,7 @@ def test_jwks_mode_accepts_the_pools_access_tokens_for_its_clients_only(jwks_ser
 def test_readmit_serve_with_dev_auth_answers_401_403_and_200_over_http(
     small_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chalicelib.registry import Registry
+    from chalicelib.registry.registry import Registry
 
     registry = Registry.open(tmp_path / "registry")
     registry.register(small_bundle)
@@ -335,7 +335,7 @@ def test_readmit_serve_with_dev_auth_answers_401_403_and_200_over_http(
 def test_readmit_token_prints_a_token_the_dev_server_accepts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from chalicelib.cli import main
+    from chalicelib.cli.main import main
 
     monkeypatch.setenv("READMIT_DEV_AUTH_SECRET", SECRET)
     assert main(["token", "--scope", "predict", "--subject", "nurse-2"]) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from chalicelib.aws_clients import LazyClient
+from chalicelib.core.aws_clients import LazyClient
 
 
 class Holder:

@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 
-from chalicelib import batch_job
-from chalicelib.batch import predict_file
-from chalicelib.batch_output import (
+from chalicelib.batch import job as batch_job
+from chalicelib.batch.local import predict_file
+from chalicelib.batch.output import (
     EXCLUDED_REASON,
     OUTPUT_COLUMNS,
     STATUSES,
@@ -35,7 +35,7 @@ from chalicelib.batch_output import (
     score_rows,
     to_csv,
 )
-from chalicelib.batch_rows import (
+from chalicelib.batch.rows import (
     MissingColumns,
     RowValidator,
     from_items,
@@ -44,8 +44,8 @@ from chalicelib.batch_rows import (
     read_records,
     write_items,
 )
-from chalicelib.bundle import ModelBundle
-from chalicelib.registry import Registry
+from chalicelib.model.bundle import ModelBundle
+from chalicelib.registry.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
@@ -519,9 +519,9 @@ import importlib.util
 for name in ('batch_score', 'batch_prepare', 'batch_merge'):
     spec = importlib.util.spec_from_file_location('fn_' + name, 'functions/' + name + '/app.py')
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
-from chalicelib.batch_rows import RowValidator, from_items
-from chalicelib.batch_output import score_rows
-from chalicelib.bundle import ModelBundle
+from chalicelib.batch.rows import RowValidator, from_items
+from chalicelib.batch.output import score_rows
+from chalicelib.model.bundle import ModelBundle
 batch = json.load(open('events/batch_score_map_batch.json'))
 v = RowValidator(batch['BatchInput']['columns'])
 out = score_rows(ModelBundle.load({str(small_bundle)!r}), from_items(v, batch['Items']), 0, request_id='t')

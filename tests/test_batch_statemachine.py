@@ -26,8 +26,8 @@ import pytest
 import yaml
 from moto import mock_aws
 
-from chalicelib import batch_job
-from chalicelib.batch_events import BatchInput
+from chalicelib.batch import job as batch_job
+from chalicelib.batch.events import BatchInput
 from tests.test_statemachine import (
     BATCH_SUBSTITUTIONS,
     LAMBDA_TRANSIENT,

@@ -32,14 +32,14 @@ import pandas as pd
 import pytest
 
 import app as chalice_app
-from chalicelib import page as page_module
-from chalicelib.api import ReadmitAPI, Request
-from chalicelib.auth import ApiGatewayAuth, DevAuth
-from chalicelib.batch import OUTPUT_COLUMNS
-from chalicelib.model_provider import ModelProvider
-from chalicelib.openapi import document
-from chalicelib.registry import Registry
-from chalicelib.service import Predictor
+from chalicelib.batch.local import OUTPUT_COLUMNS
+from chalicelib.registry.provider import ModelProvider
+from chalicelib.registry.registry import Registry
+from chalicelib.serving import page as page_module
+from chalicelib.serving.api import ReadmitAPI, Request
+from chalicelib.serving.auth import ApiGatewayAuth, DevAuth
+from chalicelib.serving.openapi import document
+from chalicelib.serving.service import Predictor
 from tests.test_server_e2e import Server, start_server
 
 ROOT = Path(__file__).resolve().parent.parent

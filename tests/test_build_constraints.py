@@ -20,7 +20,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from chalicelib.sam_template import load_template
+from chalicelib.cli.sam_template import load_template
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = "deploy/constraints.txt"

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chalicelib.bundle import CorruptBundle, IncompatibleBundle, ModelBundle
-from chalicelib.calibration import Calibrator
-from chalicelib.features import FEATURE_NAMES
+from chalicelib.features.encoding import FEATURE_NAMES
+from chalicelib.model.bundle import CorruptBundle, IncompatibleBundle, ModelBundle
+from chalicelib.model.calibration import Calibrator
 
 
 @pytest.fixture

@@ -19,8 +19,10 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from chalicelib.api import ReadmitAPI, Request
-from chalicelib.chat import (
+from chalicelib.registry.provider import ModelProvider
+from chalicelib.serving.api import ReadmitAPI, Request
+from chalicelib.serving.service import Predictor
+from chalicelib.similar.chat import (
     GUARDRAIL_POLICIES,
     SYSTEM,
     BedrockChat,
@@ -32,11 +34,9 @@ from chalicelib.chat import (
     scrub,
     ungrounded,
 )
-from chalicelib.embedding import LocalEmbedder
-from chalicelib.model_provider import ModelProvider
-from chalicelib.numpy_store import NumpyStore
-from chalicelib.service import Predictor
-from chalicelib.similar import SimilarPatients
+from chalicelib.similar.embedding import LocalEmbedder
+from chalicelib.similar.numpy_store import NumpyStore
+from chalicelib.similar.search import SimilarPatients
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 MODEL_ID = "anthropic.claude-3-haiku-20240307-v1:0"
@@ -277,7 +277,7 @@ def test_the_chat_model_is_configured_by_environment() -> None:
 
 
 # ---- the grounding check and the scrubber, directly -------------------------------------------------------------
-FACTORS = [  # factors are concepts (chalicelib/explain.py), as /predict reports them
+FACTORS = [  # factors are concepts (chalicelib/model/explain.py), as /predict reports them
     {"feature": "inpatient_stays", "label": "Inpatient stays (prior year)", "value": "2"},
     {
         "feature": "discharge_disposition",

@@ -21,7 +21,7 @@ READMIT = ROOT / ".venv" / "bin" / "readmit"
 def readmit(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **(env or {})}
     full.pop("READMIT_DEBUG", None)
-    command = [str(READMIT)] if READMIT.exists() else [sys.executable, "-m", "chalicelib.cli"]
+    command = [str(READMIT)] if READMIT.exists() else [sys.executable, "-m", "chalicelib.cli.main"]
     return subprocess.run([*command, *args], capture_output=True, text=True, env=full, cwd=cwd, timeout=300)
 
 
@@ -66,7 +66,7 @@ def test_predict_with_a_model_path_that_does_not_exist(tmp_path: Path, sample_cs
 
 
 def test_an_unknown_version_lists_the_known_ones(tmp_path: Path, sample_csv: Path, small_bundle: Path) -> None:
-    from chalicelib.registry import Registry
+    from chalicelib.registry.registry import Registry
 
     registry = Registry.open(tmp_path / "reg", validate=False)
     registry.register(small_bundle)
@@ -80,14 +80,14 @@ def test_serve_with_a_bad_model_path_fails_at_start(tmp_path: Path) -> None:
 
 
 def test_a_closed_pipe_is_not_a_traceback() -> None:
-    program = READMIT if READMIT.exists() else f"{sys.executable} -m chalicelib.cli"
+    program = READMIT if READMIT.exists() else f"{sys.executable} -m chalicelib.cli.main"
     command = f"{program} features | true"  # the reader is gone before the first write
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.stderr == "", done.stderr
 
 
 def test_an_unexpected_error_is_one_line_unless_debugging(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    from chalicelib import cli
+    from chalicelib.cli import main as cli
 
     def boom(_args: object) -> int:
         raise ZeroDivisionError("a bug")
@@ -123,7 +123,7 @@ def test_a_ragged_row_is_marked_invalid_and_the_rest_is_scored(
 
 def test_help_imports_no_heavy_library() -> None:
     code = (
-        "import sys\nfrom chalicelib import cli\n"
+        "import sys\nfrom chalicelib.cli import main as cli\n"
         "names = cli.build_parser()._subparsers._group_actions[0].choices\n"
         "for argv in (['--help'], *[[c, '--help'] for c in names]):\n"
         "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
@@ -137,7 +137,7 @@ def test_help_imports_no_heavy_library() -> None:
 def test_version_prints_the_package_version_and_the_local_champion(small_bundle: Path, tmp_path: Path) -> None:
     from importlib.metadata import version
 
-    from chalicelib.registry import Registry
+    from chalicelib.registry.registry import Registry
 
     registry = Registry.open(tmp_path / "reg", validate=False)
     registry.promote(registry.register(small_bundle), "test")
@@ -157,7 +157,7 @@ def test_training_prints_step_lines_when_stderr_is_not_a_terminal(sample_csv: Pa
 
 
 def test_tune_says_trial_k_of_n(sample_csv: Path) -> None:
-    from chalicelib.tune import tune
+    from chalicelib.model.tune import tune
 
     lines: list[str] = []
     tune(sample_csv, folds=2, grid={"max_depth": [3], "eta": [0.3], "trees": [5, 10]}, progress=lines.append)
@@ -186,7 +186,7 @@ def test_evaluate_warns_when_the_data_overlaps_the_training_patients(small_bundl
 def test_summaries_are_aligned_text_on_a_terminal_and_json_with_the_flag(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     import argparse
 
-    from chalicelib import cli
+    from chalicelib.cli import main as cli
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     summary = {"version": "v1", "roc_auc": 0.681234, "registry": {"champion": "v1"}, "reasons": ["a", "b"]}
@@ -199,7 +199,7 @@ def test_summaries_are_aligned_text_on_a_terminal_and_json_with_the_flag(monkeyp
 
 
 def test_invoke_names_the_unset_variables_the_function_needs(capsys) -> None:  # type: ignore[no-untyped-def]
-    from chalicelib import cli
+    from chalicelib.cli import main as cli
 
     cli.main(["invoke", "StartTrainingFunction", "--event", str(ROOT / "events" / "retrain_start_training.json")])
     err = capsys.readouterr().err

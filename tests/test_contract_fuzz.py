@@ -29,8 +29,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from chalicelib.auth import SCOPES, DevAuth
-from chalicelib.openapi import document
+from chalicelib.serving.auth import SCOPES, DevAuth
+from chalicelib.serving.openapi import document
 from tests.conftest import SIMILAR_SALT
 from tests.test_server_e2e import free_port
 
@@ -136,7 +136,7 @@ def served(small_bundle: Path, sample_index: Path, tmp_path_factory: pytest.Temp
         "POWERTOOLS_METRICS_DISABLED": "true",
         "READMIT_DEV_AUTH_SECRET": DEV_SECRET,
     }
-    command = [sys.executable, "-m", "chalicelib.cli", "serve", "--port", str(port), "--model", str(small_bundle)]
+    command = [sys.executable, "-m", "chalicelib.cli.main", "serve", "--port", str(port), "--model", str(small_bundle)]
     command += ["--auth", "dev"]  # the document declares bearer tokens: a request without one must get its 401
     with log_path.open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import chalicelib.dataset as dataset
-from chalicelib.dataset import (
+import chalicelib.data.dataset as dataset
+from chalicelib.data.dataset import (
     CONTENT_SHA256,
     CSV_MEMBER,
     DatasetError,

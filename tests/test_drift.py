@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chalicelib import drift
-from chalicelib.features import FEATURE_NAMES
+from chalicelib.features import drift
+from chalicelib.features.encoding import FEATURE_NAMES
 
 F = len(FEATURE_NAMES)
 AGE = FEATURE_NAMES.index("age_years")
@@ -96,7 +96,7 @@ def test_cli_drift_exits_1_on_a_shifted_file_and_0_on_a_plain_one(
 ) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "chalicelib.cli", *args], capture_output=True, text=True, timeout=300
+            [sys.executable, "-m", "chalicelib.cli.main", *args], capture_output=True, text=True, timeout=300
         )
 
     for shift in ("none", "utilisation"):

@@ -9,13 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from chalicelib.api import ReadmitAPI, Request
-from chalicelib.audit import LocalPredictionLog
-from chalicelib.cli import main
-from chalicelib.model_provider import ModelProvider
-from chalicelib.registry import Registry
-from chalicelib.service import Predictor
-from chalicelib.simulate import shift_file
+from chalicelib.cli.main import main
+from chalicelib.core.audit import LocalPredictionLog
+from chalicelib.data.simulate import shift_file
+from chalicelib.registry.provider import ModelProvider
+from chalicelib.registry.registry import Registry
+from chalicelib.serving.api import ReadmitAPI, Request
+from chalicelib.serving.service import Predictor
 
 
 def score_through_the_api(registry_dir: Path, log_dir: Path, csv: Path) -> int:

@@ -19,11 +19,11 @@ import pytest
 from botocore.config import Config
 from moto import mock_aws
 
-from chalicelib.embedding import LocalEmbedder
-from chalicelib.ingest import Chunk, Ingestor, PoisonMessage, parse_message, report_key
-from chalicelib.ingest_handler import make_handler
-from chalicelib.qdrant_store import QdrantStore, qdrant_client
-from chalicelib.schema import EXCLUDED_DISPOSITIONS
+from chalicelib.data.schema import EXCLUDED_DISPOSITIONS
+from chalicelib.similar.embedding import LocalEmbedder
+from chalicelib.similar.ingest import Chunk, Ingestor, PoisonMessage, parse_message, report_key
+from chalicelib.similar.ingest_handler import make_handler
+from chalicelib.similar.qdrant_store import QdrantStore, qdrant_client
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
@@ -257,7 +257,7 @@ def test_a_backfill_fans_out_into_chunk_messages_that_index_the_whole_file(world
 def test_indexed_points_are_found_by_their_own_encounter_and_carry_no_identifier(world: World) -> None:
     world.handler(event("embedder_sqs_batch.json"), Context())
     frame = world.files[BATCH_2]
-    from chalicelib.schema import columns_from_records, parse_encounter
+    from chalicelib.data.schema import columns_from_records, parse_encounter
 
     record, _ = parse_encounter(frame.iloc[0].to_dict(), require_target=True, require_ids=True)
     vector = LocalEmbedder().embed(columns_from_records([record]))[0]

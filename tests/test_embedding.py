@@ -14,7 +14,10 @@ from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from chalicelib.embedding import (
+from chalicelib.data.schema import columns_from_records
+from chalicelib.data.tabular import Table
+from chalicelib.features.encoding import encode
+from chalicelib.similar.embedding import (
     AXES,
     BedrockEmbedder,
     EmbeddingError,
@@ -23,9 +26,6 @@ from chalicelib.embedding import (
     render_text,
     row_record,
 )
-from chalicelib.features import encode
-from chalicelib.schema import columns_from_records
-from chalicelib.tabular import Table
 
 TITAN = "amazon.titan-embed-text-v2:0"
 

@@ -15,12 +15,12 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 import app as chalice_module
-from chalicelib import telemetry
-from chalicelib.api import ReadmitAPI
-from chalicelib.audit import LocalPredictionLog
-from chalicelib.history_store import SQLiteHistoryStore
-from chalicelib.model_provider import ModelProvider
-from chalicelib.service import Predictor
+from chalicelib.core import telemetry
+from chalicelib.core.audit import LocalPredictionLog
+from chalicelib.registry.provider import ModelProvider
+from chalicelib.serving.api import ReadmitAPI
+from chalicelib.serving.history_store import SQLiteHistoryStore
+from chalicelib.serving.service import Predictor
 
 EVENT = json.loads((Path(__file__).resolve().parent.parent / "events" / "api_predict.json").read_text())
 # What template.yaml's alarms and dashboard read: namespace Readmit, dimension service=readmit.

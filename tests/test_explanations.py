@@ -19,14 +19,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chalicelib import icd9, service
-from chalicelib.api import ReadmitAPI, Request
-from chalicelib.api_models import parse_encounter_body
-from chalicelib.batch_output import short_factors
-from chalicelib.bundle import ModelBundle
-from chalicelib.chat import ungrounded
-from chalicelib.dataset import IDS_MAPPING_MEMBER, SHARED_COPY, cache_dir
-from chalicelib.explain import (
+from chalicelib.batch.output import short_factors
+from chalicelib.data.dataset import IDS_MAPPING_MEMBER, SHARED_COPY, cache_dir
+from chalicelib.data.schema import (
+    COLUMN_BY_NAME,
+    EXCLUDED_DISPOSITIONS,
+    MEDICATIONS,
+    columns_from_records,
+    parse_encounter,
+)
+from chalicelib.features import icd9
+from chalicelib.features.encoding import (
+    FEATURE_NAMES,
+    METFORMINS,
+    SULFONYLUREAS,
+    THIAZOLIDINEDIONES,
+    PatientHistory,
+    encode,
+)
+from chalicelib.model.bundle import ModelBundle
+from chalicelib.model.card import shap_importance
+from chalicelib.model.explain import (
     CONCEPT_BY_ID,
     CONCEPTS,
     IDS_MAPPING,
@@ -37,10 +50,11 @@ from chalicelib.explain import (
     grouped,
     ids_mapping_from_csv,
 )
-from chalicelib.features import FEATURE_NAMES, METFORMINS, SULFONYLUREAS, THIAZOLIDINEDIONES, PatientHistory, encode
-from chalicelib.model_card import shap_importance
-from chalicelib.model_provider import ModelProvider
-from chalicelib.schema import COLUMN_BY_NAME, EXCLUDED_DISPOSITIONS, MEDICATIONS, columns_from_records, parse_encounter
+from chalicelib.registry.provider import ModelProvider
+from chalicelib.serving import service
+from chalicelib.serving.api import ReadmitAPI, Request
+from chalicelib.serving.api_models import parse_encounter_body
+from chalicelib.similar.chat import ungrounded
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 ALL = len(CONCEPTS)
@@ -458,8 +472,8 @@ def test_the_trained_model_card_ranks_concepts_not_one_hot_features(small_bundle
 
 
 def test_the_nightly_file_lists_the_same_concept_factors_as_predict(model: ModelBundle) -> None:
-    from chalicelib.batch_output import score_rows
-    from chalicelib.batch_rows import Row
+    from chalicelib.batch.output import score_rows
+    from chalicelib.batch.rows import Row
 
     record = example()
     [row] = score_rows(model, [Row(2, ["900001"], record, None, ())], 0, request_id="nightly").rows

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from chalicelib import bootstrap
-from chalicelib.evaluation import TOO_FEW, ece, evaluate
+from chalicelib.model import bootstrap
+from chalicelib.model.evaluation import TOO_FEW, ece, evaluate
 
 
 def synthetic(n_patients: int = 600, seed: int = 0) -> dict[str, np.ndarray]:

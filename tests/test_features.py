@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chalicelib.features import (
+from chalicelib.data.schema import AT_DISCHARGE, IDENTIFIERS, MEDICATIONS, TARGET, columns_from_records, parse_encounter
+from chalicelib.data.tabular import Table, read_table, validate_frame
+from chalicelib.features.encoding import (
     FEATURE_NAMES,
     FEATURES,
     HISTORY,
@@ -18,8 +20,6 @@ from chalicelib.features import (
     feature_spec_markdown,
     history_in_file,
 )
-from chalicelib.schema import AT_DISCHARGE, IDENTIFIERS, MEDICATIONS, TARGET, columns_from_records, parse_encounter
-from chalicelib.tabular import Table, read_table, validate_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 HIST_NAMES = [f.name for f in FEATURES if f.sources == (HISTORY,)]

@@ -66,13 +66,14 @@ def test_the_collector_finds_the_calls_each_kind_of_function_makes() -> None:
 def test_each_step_reaches_only_what_its_handler_calls() -> None:
     """Name-based resolution made ``jobs.start`` / ``jobs.status`` reach every live class's ``start`` / ``status``
     and ``records.append`` the prediction log's ``append``: the training steps "called" S3 through
-    chalicelib/storage.py and the drift monitor wrote to S3. Receivers typed by annotation or constructor resolve
+    chalicelib/core/storage.py and the drift monitor wrote to S3. Receivers typed by annotation or constructor resolve
     to their class only."""
     calls = {fn: iam_actions.code_calls(template(), fn).operations() for fn in FUNCTIONS}
     assert calls["StartTrainingFunction"] == {("sagemaker", "CreateTrainingJob"), ("sagemaker", "DescribeTrainingJob")}
     assert calls["CheckTrainingFunction"] == {("sagemaker", "DescribeTrainingJob")}
     # The drift monitor reads the registry, the prediction log and the outcome uploads, and hashes the outcomes'
-    # encounter ids with the salt (chalicelib/outcomes.parse_outcomes → identifiers.secret_salt); it writes nothing.
+    # encounter ids with the salt (chalicelib/monitoring/outcomes.parse_outcomes → identifiers.secret_salt); it writes
+    # nothing.
     assert calls["DriftMonitorFunction"] == {
         ("s3", "GetObject"),
         ("s3", "ListObjectsV2"),

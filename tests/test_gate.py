@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chalicelib.gate import GateConfig, decide
+from chalicelib.lifecycle.gate import GateConfig, decide
 
 N = 6000
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from chalicelib.features import PatientHistory, history_in_file
-from chalicelib.history_store import (
+from chalicelib.features.encoding import PatientHistory, history_in_file
+from chalicelib.serving.history_store import (
     ENV_HISTORY,
     DynamoDBHistoryStore,
     HistoryStore,
@@ -303,7 +303,7 @@ def test_the_sqlite_file_holds_no_raw_encounter_id(tmp_path: Path) -> None:
 def test_encounter_keys_are_the_salted_hash_every_other_module_uses(tmp_path: Path) -> None:
     import sqlite3
 
-    from chalicelib.identifiers import hash_id
+    from chalicelib.core.identifiers import hash_id
 
     path = tmp_path / "history.sqlite3"
     store = SQLiteHistoryStore(path, salt="s3cret")
@@ -316,7 +316,7 @@ def test_encounter_keys_are_the_salted_hash_every_other_module_uses(tmp_path: Pa
 
 @pytest.mark.parametrize("eid", [0, 1, -5, 123456789, 2**63 + 11, -(2**127)])
 def test_the_order_key_opens_only_with_the_salt(eid: int) -> None:
-    from chalicelib.history_store import encounter_key, seal, unseal
+    from chalicelib.serving.history_store import encounter_key, seal, unseal
 
     key = encounter_key(eid, "salt-a")
     sealed = seal(eid, key, "salt-a")

@@ -13,14 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chalicelib.api import ReadmitAPI, Request, loggable_fields
-from chalicelib.api_models import MAX_BODY_BYTES, MAX_JSON_DEPTH, parse_json
-from chalicelib.embedding import LocalEmbedder
-from chalicelib.errors import Detail, safe_text
-from chalicelib.model_provider import ModelProvider
-from chalicelib.numpy_store import NumpyStore
-from chalicelib.service import Predictor
-from chalicelib.similar import SimilarPatients
+from chalicelib.registry.provider import ModelProvider
+from chalicelib.serving.api import ReadmitAPI, Request, loggable_fields
+from chalicelib.serving.api_models import MAX_BODY_BYTES, MAX_JSON_DEPTH, parse_json
+from chalicelib.serving.errors import Detail, safe_text
+from chalicelib.serving.service import Predictor
+from chalicelib.similar.embedding import LocalEmbedder
+from chalicelib.similar.numpy_store import NumpyStore
+from chalicelib.similar.search import SimilarPatients
 from tests.replay import fixture, proxy, run
 
 ROUTES = ("/predict", "/predict/batch", "/similar-patients", "/chat")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.icd9 import (
+from chalicelib.features.icd9 import (
     DIAG_GROUPS,
     charlson_from_mask,
     charlson_index,
@@ -166,7 +166,7 @@ def test_other_codes_are_not_uncontrolled_diabetes(code: str | None) -> None:
 
 
 def test_a_code_outside_every_chapter_is_named_so_rather_than_raising() -> None:
-    from chalicelib.icd9 import chapter
+    from chalicelib.features.icd9 import chapter
 
     assert chapter("0") == "no ICD-9-CM chapter"  # the API refuses it; other callers must not crash on it
     assert chapter("428") != "no ICD-9-CM chapter"

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chalicelib.aws_clients import secret_string
-from chalicelib.identifiers import (
+from chalicelib.core.aws_clients import secret_string
+from chalicelib.core.identifiers import (
     HASH_CHARS,
     CorruptSaltFile,
     EmptySalt,
@@ -109,7 +109,7 @@ def test_the_installation_salt_is_created_private_on_first_use_and_reused(home: 
     # a new process (a restart) reads the same salt instead of making a new one
     env = {**os.environ, "READMIT_HOME": str(home)}
     env.pop("READMIT_ID_SALT", None)
-    code = "from chalicelib.identifiers import hash_id; print(hash_id(77, kind='patient'))"
+    code = "from chalicelib.core.identifiers import hash_id; print(hash_id(77, kind='patient'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == first
     assert salt_file.read_text().strip() == salt
@@ -133,7 +133,7 @@ def test_on_aws_the_salt_comes_from_secrets_manager_so_every_container_hashes_al
     import boto3
     from moto import mock_aws
 
-    from chalicelib import identifiers
+    from chalicelib.core import identifiers
 
     monkeypatch.setenv("READMIT_HOME", str(tmp_path))
     monkeypatch.delenv("READMIT_ID_SALT", raising=False)

@@ -10,11 +10,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib.cli import main
-from chalicelib.ingest import parse_message
-from chalicelib.numpy_store import NumpyStore
-from chalicelib.settings import index_dir
-from chalicelib.tabular import Table
+from chalicelib.cli.main import main
+from chalicelib.core.settings import index_dir
+from chalicelib.data.tabular import Table
+from chalicelib.similar.ingest import parse_message
+from chalicelib.similar.numpy_store import NumpyStore
 
 
 def test_index_builds_the_default_store_from_a_file(

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from moto import mock_aws
 
-from chalicelib import cli, settings
-from chalicelib.local_invoke import load_handler, module_file
-from chalicelib.registry import Registry
-from chalicelib.sam_template import FUNCTION_TYPES, DevDependencyMissing, Resolver, Template, Unresolved
+from chalicelib.cli import main as cli
+from chalicelib.cli.local_invoke import load_handler, module_file
+from chalicelib.cli.sam_template import FUNCTION_TYPES, DevDependencyMissing, Resolver, Template, Unresolved
+from chalicelib.core import settings
+from chalicelib.registry.registry import Registry
 from tests.replay import EVENTS, ROOT, fixture, proxy, retrain_world, rules_starting, run, starts, template
 from tests.test_approval import moto_update_as_documented, person_decides
 from tests.test_batch_job import aws  # noqa: F401  (the moto buckets the batch fixtures name)
@@ -180,7 +181,7 @@ def local_champion(request: pytest.FixtureRequest) -> Iterator[None]:
 @contextmanager
 def retraining(request: pytest.FixtureRequest) -> Iterator[None]:
     """moto with the data, a trained artifact, the two versions the fixtures name and the job they poll."""
-    from chalicelib.sagemaker_jobs import TrainingJobs, TrainingSettings
+    from chalicelib.lifecycle.sagemaker_jobs import TrainingJobs, TrainingSettings
 
     with retrain_world(request.getfixturevalue("sample_csv"), request.getfixturevalue("model_tarball")):
         registry = Registry.open(fixture("retrain_promote.json")["registry_uri"])

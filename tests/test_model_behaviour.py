@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chalicelib.bundle import ModelBundle
-from chalicelib.features import FEATURE_NAMES, encode
-from chalicelib.schema import columns_from_records, parse_encounter
-from chalicelib.train import TrainConfig, TrainResult, train
+from chalicelib.data.schema import columns_from_records, parse_encounter
+from chalicelib.features.encoding import FEATURE_NAMES, encode
+from chalicelib.model.bundle import ModelBundle
+from chalicelib.model.train import TrainConfig, TrainResult, train
 
 
 @pytest.fixture(scope="module")

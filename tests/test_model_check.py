@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from chalicelib import model_check
-from chalicelib.bundle import PROBES, dmatrix, probe_rows, write_bundle
-from chalicelib.calibration import fit
-from chalicelib.features import FEATURE_NAMES
-from chalicelib.model_check import InvalidModel, ValidatorUnavailable, check_bundle
-from chalicelib.registry import Registry
-from chalicelib.storage import open_storage
+from chalicelib.core.storage import open_storage
+from chalicelib.features.encoding import FEATURE_NAMES
+from chalicelib.model.bundle import PROBES, dmatrix, probe_rows, write_bundle
+from chalicelib.model.calibration import fit
+from chalicelib.registry import model_check
+from chalicelib.registry.model_check import InvalidModel, ValidatorUnavailable, check_bundle
+from chalicelib.registry.registry import Registry
 from tests.test_server_e2e import Server, example, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +170,7 @@ def test_a_check_that_cannot_run_is_no_verdict_and_records_no_rejection(
     model_check.clear_cache()  # register cached a verdict on tiny
     verdict = check_bundle(tiny)
     assert verdict.unavailable and not verdict.ok and "not installed" in verdict.reason, verdict
-    from chalicelib import pipeline
+    from chalicelib.lifecycle import pipeline
 
     headline = {"n": 100, "roc_auc": 0.7, "brier": 0.1, "ece": 0.01}
     event = {
@@ -207,7 +207,7 @@ def test_promote_refuses_a_broken_stored_model_and_keeps_the_champion(tiny: Path
 
 
 def test_the_retraining_promote_step_refuses_a_broken_winner_and_records_why(tiny: Path, tmp_path: Path) -> None:
-    from chalicelib import pipeline
+    from chalicelib.lifecycle import pipeline
 
     uri = str(tmp_path / "registry")
     registry = Registry.open(uri)
@@ -230,7 +230,12 @@ def test_the_retraining_promote_step_refuses_a_broken_winner_and_records_why(tin
 def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin", "READMIT_HOME": str(home), "HOME": str(home)}
     return subprocess.run(
-        [sys.executable, "-m", "chalicelib.cli", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+        [sys.executable, "-m", "chalicelib.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
     )
 
 

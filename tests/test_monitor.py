@@ -14,12 +14,12 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib.audit import AuditRecord, S3PredictionLog
-from chalicelib.batch import score_table
-from chalicelib.bundle import ModelBundle
-from chalicelib.registry import Registry
-from chalicelib.simulate import shift_file
-from chalicelib.tabular import read_table
+from chalicelib.batch.local import score_table
+from chalicelib.core.audit import AuditRecord, S3PredictionLog
+from chalicelib.data.simulate import shift_file
+from chalicelib.data.tabular import read_table
+from chalicelib.model.bundle import ModelBundle
+from chalicelib.registry.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,7 +106,7 @@ def test_matured_predictions_joined_to_uploaded_outcomes_publish_realized_auc(
 ) -> None:
     import numpy as np
 
-    from chalicelib.identifiers import hash_id
+    from chalicelib.core.identifiers import hash_id
 
     monkeypatch.setenv("READMIT_ID_SALT", "monitor-test")
     monkeypatch.setenv("READMIT_OUTCOMES_URI", "s3://predictions/outcomes")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chalicelib.audit import AuditRecord, LocalPredictionLog
-from chalicelib.identifiers import hash_id
-from chalicelib.outcomes import MATURITY, OutcomeStore, parse_outcomes, read_outcome_file, realized
+from chalicelib.core.audit import AuditRecord, LocalPredictionLog
+from chalicelib.core.identifiers import hash_id
+from chalicelib.monitoring.outcomes import MATURITY, OutcomeStore, parse_outcomes, read_outcome_file, realized
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chalicelib import features, schema, tabular
-from chalicelib.batch import predict_file
-from chalicelib.bundle import ModelBundle
+from chalicelib.batch.local import predict_file
+from chalicelib.data import schema, tabular
+from chalicelib.features import encoding as features
+from chalicelib.model.bundle import ModelBundle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,7 +127,7 @@ def test_predict_does_not_import_scikit_learn(small_bundle: Path, sample_csv: Pa
     """xgboost imports sklearn (~0.7 s) for estimators readmit never uses; predict's process goes without."""
     out = tmp_path / "o.csv"
     code = (
-        "import sys\nfrom chalicelib import cli\n"
+        "import sys\nfrom chalicelib.cli import main as cli\n"
         f"code = cli.main(['predict', '--model', {str(small_bundle)!r}, '--data', {str(sample_csv)!r},"
         f" '--out', {str(out)!r}])\n"
         "print('sklearn' in sys.modules, 'xgboost' in sys.modules, code)"
@@ -140,7 +141,7 @@ def test_predict_does_not_import_scikit_learn(small_bundle: Path, sample_csv: Pa
 def test_the_byte_reader_reads_bom_crlf_and_gzip_as_the_text_did(sample_csv: Path, tmp_path: Path) -> None:
     import gzip
 
-    from chalicelib.dataset import DatasetError
+    from chalicelib.data.dataset import DatasetError
 
     lines = sample_csv.read_text().splitlines()[:301]
     plain = tabular.read_table(_write(tmp_path / "lf.csv", "\n".join(lines) + "\n"), require_target=True)

@@ -1,5 +1,5 @@
-"""The API's prediction log on Firehose (chalicelib/prediction_stream.py), the post-invoke extension that flushes it
-on Lambda (chalicelib/post_invoke.py), and S3PredictionLog reading what Firehose delivers.
+"""The API's prediction log on Firehose (chalicelib/serving/prediction_stream.py), the post-invoke extension that
+flushes it on Lambda (chalicelib/core/post_invoke.py), and S3PredictionLog reading what Firehose delivers.
 
 Fakes follow the documentation, not the code: moto's Firehose writes to S3 under the literal prefix plus
 YYYY/MM/DD/HH and never fails a record, so Firehose's documented S3 layout (custom prefix evaluated at the oldest
@@ -25,9 +25,9 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from chalicelib.audit import AuditLogError, AuditRecord, InvalidLogUri, S3PredictionLog, open_prediction_log
-from chalicelib.post_invoke import PostInvoke
-from chalicelib.prediction_stream import (
+from chalicelib.core.audit import AuditLogError, AuditRecord, InvalidLogUri, S3PredictionLog, open_prediction_log
+from chalicelib.core.post_invoke import PostInvoke
+from chalicelib.serving.prediction_stream import (
     MAX_BATCH_BYTES,
     MAX_BATCH_RECORDS,
     MAX_RECORD_BYTES,

@@ -11,13 +11,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib.registry import (
+from chalicelib.core.storage import LocalStorage, S3Storage, Storage, StorageKeyNotFound, open_storage
+from chalicelib.registry.registry import (
     CorruptBundleError,
     Registry,
     UnknownVersionError,
     VersionExistsError,
 )
-from chalicelib.storage import LocalStorage, S3Storage, Storage, StorageKeyNotFound, open_storage
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chalicelib.gate import GateConfig
-from chalicelib.registry import Registry
-from chalicelib.retrain import retrain
-from chalicelib.train import TrainConfig
+from chalicelib.lifecycle.gate import GateConfig
+from chalicelib.lifecycle.retrain import retrain
+from chalicelib.model.train import TrainConfig
+from chalicelib.registry.registry import Registry
 
 
 def small() -> TrainConfig:
@@ -47,8 +47,8 @@ def test_retrain_remote_starts_the_state_machine_with_a_valid_input(monkeypatch)
     import boto3
     from moto import mock_aws
 
-    from chalicelib.cli import main
-    from chalicelib.pipeline import RetrainInput
+    from chalicelib.cli.main import main
+    from chalicelib.lifecycle.pipeline import RetrainInput
 
     with mock_aws():
         role = "arn:aws:iam::123456789012:role/readmit-sfn"
@@ -67,7 +67,7 @@ def test_retrain_remote_starts_the_state_machine_with_a_valid_input(monkeypatch)
 
 
 def test_an_execution_can_require_approval_but_never_skip_the_stacks() -> None:
-    from chalicelib.pipeline import effective_policy
+    from chalicelib.lifecycle.pipeline import effective_policy
 
     assert effective_policy(None, {}) == "auto"  # today's behaviour
     assert effective_policy("manual", {}) == "manual"
@@ -79,7 +79,7 @@ def test_an_execution_can_require_approval_but_never_skip_the_stacks() -> None:
 
 
 def test_retrain_remote_without_a_state_machine_says_what_is_missing(capsys) -> None:  # type: ignore[no-untyped-def]
-    from chalicelib.cli import main
+    from chalicelib.cli.main import main
 
     assert main(["retrain", "--remote", "--data", "s3://d/x.csv"]) == 2
     assert "--state-machine" in capsys.readouterr().err
@@ -88,8 +88,8 @@ def test_retrain_remote_without_a_state_machine_says_what_is_missing(capsys) -> 
 def test_the_evaluation_set_is_exactly_the_patients_training_held_out(sample_csv: Path, tmp_path: Path) -> None:
     import numpy as np
 
-    from chalicelib.retrain import evaluation_set
-    from chalicelib.train import train
+    from chalicelib.lifecycle.retrain import evaluation_set
+    from chalicelib.model.train import train
 
     cfg = TrainConfig(n_estimators=20, folds=3, baselines=False, holdout_frac=0.2, seed=7)
     held = train(sample_csv, tmp_path, cfg).holdout

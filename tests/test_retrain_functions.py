@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib.registry import Registry
+from chalicelib.registry.registry import Registry
 from tests.replay import ROOT, fixture, retrain_world, run
 
 KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"  # the stack's DataKey
@@ -75,8 +75,8 @@ def test_an_executions_gate_overrides_the_stacks_thresholds_field_by_field(aws: 
 
 
 def test_the_gate_settings_are_numbers_or_the_step_says_which_is_not() -> None:
-    from chalicelib.gate import GateConfig
-    from chalicelib.pipeline import gate_config
+    from chalicelib.lifecycle.gate import GateConfig
+    from chalicelib.lifecycle.pipeline import gate_config
 
     assert gate_config({}, {}) == GateConfig()  # nothing set: the code's defaults
     assert gate_config({"max_ece": 0.03}, {"READMIT_GATE_MAX_ECE": "0.01"}).max_ece == 0.03
@@ -109,12 +109,13 @@ def test_the_light_steps_do_not_import_the_training_stack() -> None:
     import sys
 
     code = (
-        "import sys, chalicelib.pipeline, chalicelib.promotion\n"
+        "import sys, chalicelib.lifecycle.pipeline, chalicelib.lifecycle.promotion\n"
         "heavy = [m for m in ('pandas', 'sklearn', 'xgboost', 'matplotlib') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert done.stdout.strip() == ""
-    from chalicelib import pipeline, train
+    from chalicelib.lifecycle import pipeline
+    from chalicelib.model import train
 
     assert train.TrainConfig.seed == pipeline.DEFAULT_SEED

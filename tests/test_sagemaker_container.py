@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chalicelib import retrain, sagemaker_train
-from chalicelib.bundle import ModelBundle
-from chalicelib.tabular import read_table
-from chalicelib.train import holdout_split, prepare
+from chalicelib.data.tabular import read_table
+from chalicelib.lifecycle import retrain
+from chalicelib.model import sagemaker_train
+from chalicelib.model.bundle import ModelBundle
+from chalicelib.model.train import holdout_split, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "deploy" / "training" / "Dockerfile"
@@ -157,7 +158,7 @@ def test_the_image_python_is_the_lambda_runtime_python_and_meets_requires_python
 def test_the_image_enters_the_entry_point_with_code_and_dependencies_baked_in() -> None:
     ops = dockerfile_instructions()
     (entrypoint,) = [json.loads(arg) for op, arg in ops if op == "ENTRYPOINT"]  # exec form: Python is PID 1
-    assert entrypoint == ["python", "-m", "chalicelib.sagemaker_train"]
+    assert entrypoint == ["python", "-m", "chalicelib.model.sagemaker_train"]
     assert [arg for op, arg in ops if op == "COPY" and "chalicelib" in arg] == ["chalicelib /tmp/readmit/chalicelib"]
     (install,) = [arg for op, arg in ops if op == "RUN" and "pip install" in arg]
     assert '"/tmp/readmit[train]"' in install and "--constraint /tmp/readmit/constraints.txt" in install
@@ -172,7 +173,7 @@ def test_an_image_with_too_old_a_python_fails_the_job_with_a_reason(sample_csv: 
         pytest.skip("no Python 3.9 here (pyenv)")
     root = ml_layout(tmp_path / "ml", sample_csv, {**SMALL, "seed": "1"})
     done = subprocess.run(
-        [old[-1], "-m", "chalicelib.sagemaker_train", "train"],
+        [old[-1], "-m", "chalicelib.model.sagemaker_train", "train"],
         cwd=ROOT,  # as a framework image would have chalicelib: in the working directory
         env=container_env(READMIT_ML_ROOT=str(root)),
         capture_output=True,

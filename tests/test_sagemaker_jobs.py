@@ -20,8 +20,8 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from botocore.validate import ParamValidator
 
-from chalicelib import sagemaker_jobs
-from chalicelib.sagemaker_jobs import (
+from chalicelib.lifecycle import sagemaker_jobs
+from chalicelib.lifecycle.sagemaker_jobs import (
     ENV_KMS_KEY,
     LOCAL_STORAGE_FAMILIES,
     METRIC_DEFINITIONS,
@@ -43,7 +43,7 @@ ENV = {
 DATA = "s3://readmit-data-dev/training/diabetic_data.csv"
 HPS = {"holdout_frac": 0.2, "seed": 20260601}
 NAME = "readmit-manual-run-1"
-PRINTED = "readmit-metric roc_auc=0.68123 ece=0.00512"  # chalicelib/sagemaker_train.py's line, as specified
+PRINTED = "readmit-metric roc_auc=0.68123 ece=0.00512"  # chalicelib/model/sagemaker_train.py's line, as specified
 DUPLICATE = (
     "Training job names must be unique within an AWS account and region, and a training job with this name "
     f"already exists (arn:aws:sagemaker:us-east-1:123456789012:training-job/{NAME})"

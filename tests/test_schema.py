@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chalicelib.schema import (
+from chalicelib.data.schema import (
     COLUMN_BY_NAME,
     COLUMN_NAMES,
     DISCHARGE_DISPOSITIONS,

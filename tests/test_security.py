@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.sam_template import load_template
+from chalicelib.cli.sam_template import load_template
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"

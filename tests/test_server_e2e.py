@@ -23,8 +23,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from chalicelib.registry import Registry
-from chalicelib.train import TrainConfig, train
+from chalicelib.model.train import TrainConfig, train
+from chalicelib.registry.registry import Registry
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def start_server(tmp: Path, registry: Path, check_interval: float = 0.2, *extra:
         [
             sys.executable,
             "-m",
-            "chalicelib.cli",
+            "chalicelib.cli.main",
             "serve",
             "--port",
             str(port),
@@ -356,7 +356,7 @@ def test_a_body_longer_than_its_content_length_never_reaches_the_log_or_the_repl
 
 
 def test_the_access_log_names_route_templates_never_paths_or_queries(served: tuple[Server, Registry]) -> None:
-    from chalicelib.card import PLOT_NAMES
+    from chalicelib.serving.card import PLOT_NAMES
 
     server, _ = served
     for accept in ("image/png", "*/*"):

@@ -16,16 +16,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chalicelib import auth, cli, shadow
-from chalicelib.api import ReadmitAPI, Request
-from chalicelib.audit import AUDIT_TIME, AuditRecord, LocalPredictionLog
-from chalicelib.identifiers import hash_id
-from chalicelib.model_provider import ModelProvider
-from chalicelib.post_invoke import PostInvoke
-from chalicelib.registry import SHADOW, Registry
-from chalicelib.schema import EXCLUDED_DISPOSITIONS
-from chalicelib.service import Predictor
-from chalicelib.shadow import ShadowScorer, shadow_ready, shadow_report
+from chalicelib.cli import main as cli
+from chalicelib.core.audit import AUDIT_TIME, AuditRecord, LocalPredictionLog
+from chalicelib.core.identifiers import hash_id
+from chalicelib.core.post_invoke import PostInvoke
+from chalicelib.data.schema import EXCLUDED_DISPOSITIONS
+from chalicelib.monitoring import shadow
+from chalicelib.monitoring.shadow import ShadowScorer, shadow_ready, shadow_report
+from chalicelib.registry.provider import ModelProvider
+from chalicelib.registry.registry import SHADOW, Registry
+from chalicelib.serving import auth
+from chalicelib.serving.api import ReadmitAPI, Request
+from chalicelib.serving.service import Predictor
 from tests.replay import EVENTS
 from tests.test_browser_e2e import open_page
 from tests.test_server_e2e import start_server
@@ -40,7 +42,7 @@ def example(encounter_id: int = 900001) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def challenger_bundle(sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second real model, different from small_bundle (fewer, deeper trees)."""
-    from chalicelib.train import TrainConfig, train
+    from chalicelib.model.train import TrainConfig, train
 
     time.sleep(1.1)  # versions carry a timestamp to the second
     cfg = TrainConfig(n_estimators=25, folds=3, baselines=False, holdout_frac=0.2)
@@ -153,7 +155,7 @@ def test_a_full_queue_drops_shadow_work_counts_it_and_leaves_the_response_alone(
 def test_batch_scoring_and_chat_never_shadow(world: Any) -> None:
     w = world()
     model = w.api.predictor.model()
-    from chalicelib.api_models import parse_encounter_body
+    from chalicelib.serving.api_models import parse_encounter_body
 
     w.api.predictor.score(model, [parse_encounter_body(example())], request_id="nightly", source="batch")
     assert w.scorer.pending() == 0 and w.scorer.stats.queued_requests == 0
@@ -296,7 +298,7 @@ def test_labels_count_only_once_matured(tmp_path: Path) -> None:
 def test_auc_and_ece_match_the_training_sides_definitions() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from chalicelib.evaluation import ece
+    from chalicelib.model.evaluation import ece
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 500)
@@ -323,7 +325,7 @@ def test_an_ambiguous_or_unpaired_record_is_counted_not_paired(tmp_path: Path) -
 
 
 def test_the_record_of_care_readers_leave_shadow_records_out(tmp_path: Path) -> None:
-    from chalicelib import monitor, outcomes
+    from chalicelib.monitoring import monitor, outcomes
 
     log = hand_made_log(tmp_path / "log")
     _X, risk, versions = monitor.window_arrays(log, T0 - timedelta(hours=1), T0 + timedelta(hours=1))
@@ -426,7 +428,7 @@ def test_the_command_prints_the_report(registry_world: Any, tmp_path: Path, caps
 # ---- end to end over HTTP ----------------------------------------------------------------------------------------
 def real_encounters(sample_csv: Path, n: int) -> list[dict[str, Any]]:
     """n in-cohort rows of the real data as /predict takes them: number columns as JSON numbers, '?' as sent."""
-    from chalicelib.schema import COLUMNS
+    from chalicelib.data.schema import COLUMNS
 
     numbers = {c.name for c in COLUMNS if c.kind in ("id", "int", "code")}
     frame = pd.read_csv(sample_csv, dtype=str, keep_default_na=False)

@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from chalicelib.api import ReadmitAPI, Request
-from chalicelib.embedding import LocalEmbedder, row_record
-from chalicelib.indexing import point_id
-from chalicelib.model_provider import ModelProvider
-from chalicelib.numpy_store import NumpyStore
-from chalicelib.service import Predictor
-from chalicelib.similar import SimilarPatients
-from chalicelib.tabular import Table
+from chalicelib.data.tabular import Table
+from chalicelib.registry.provider import ModelProvider
+from chalicelib.serving.api import ReadmitAPI, Request
+from chalicelib.serving.service import Predictor
+from chalicelib.similar.embedding import LocalEmbedder, row_record
+from chalicelib.similar.indexing import point_id
+from chalicelib.similar.numpy_store import NumpyStore
+from chalicelib.similar.search import SimilarPatients
 from tests.conftest import SIMILAR_SALT
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.registry import Registry
+from chalicelib.registry.registry import Registry
 from tests.test_server_e2e import EVENTS, Server, start_server
 
 

@@ -22,11 +22,13 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from chalicelib import auth, batch_job, smoke
-from chalicelib.audit import open_prediction_log
-from chalicelib.batch_rows import RowValidator, from_items, prepare
-from chalicelib.cli import main as cli_main
-from chalicelib.registry import Registry
+from chalicelib.batch import job as batch_job
+from chalicelib.batch.rows import RowValidator, from_items, prepare
+from chalicelib.cli import smoke
+from chalicelib.cli.main import main as cli_main
+from chalicelib.core.audit import open_prediction_log
+from chalicelib.registry.registry import Registry
+from chalicelib.serving import auth
 from tests.test_server_e2e import Server, example, free_port, start_server
 
 REGION = "us-east-1"

@@ -1,4 +1,4 @@
-"""Lambda SnapStart hooks (chalicelib/snapstart.py), driven the way the Python runtime drives them.
+"""Lambda SnapStart hooks (chalicelib/serving/snapstart.py), driven the way the Python runtime drives them.
 
 The runtime's ``snapshot_restore_py`` is stood in for by a module with the published library's behaviour
 (snapshot-restore-py 1.0.0, https://github.com/aws/snapshot-restore-py): ``register_before_snapshot(func, *args,
@@ -22,13 +22,15 @@ import boto3
 import numpy as np
 import pytest
 
-from chalicelib import aws_clients, model_provider, snapstart
-from chalicelib.api import ReadmitAPI, Request
-from chalicelib.aws_clients import LazyClient
-from chalicelib.openapi import EXAMPLE
-from chalicelib.registry import Registry
-from chalicelib.storage import S3Storage
-from chalicelib.telemetry import PREDICTIONS
+from chalicelib.core import aws_clients
+from chalicelib.core.aws_clients import LazyClient
+from chalicelib.core.storage import S3Storage
+from chalicelib.core.telemetry import PREDICTIONS
+from chalicelib.registry import provider as model_provider
+from chalicelib.registry.registry import Registry
+from chalicelib.serving import snapstart
+from chalicelib.serving.api import ReadmitAPI, Request
+from chalicelib.serving.openapi import EXAMPLE
 
 Hook = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 

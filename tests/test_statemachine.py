@@ -413,7 +413,7 @@ CHALLENGER, CHAMPION = "20250101T020000Z-c0ffee00", "20241201T020000Z-5eed5eed"
 
 
 def decision(promote: bool, reasons: list[str]) -> dict[str, Any]:
-    # Beyond the documented keys, what chalicelib.gate adds (challenger/champion summaries, churn, config):
+    # Beyond the documented keys, what chalicelib.lifecycle.gate adds (challenger/champion summaries, churn, config):
     # the workflow must hand all of it to Promote/Reject and to the notification unchanged.
     return {
         "promote": promote,

@@ -38,7 +38,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.sam_template import Template
+from chalicelib.cli.sam_template import Template
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPRESS_MAX_S = 5 * 60

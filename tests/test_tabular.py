@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chalicelib.dataset import DatasetSchemaError
-from chalicelib.schema import COLUMN_BY_NAME, COLUMN_NAMES, FEATURE_INPUTS, columns_from_records, parse_encounter
-from chalicelib.tabular import read_table, validate_frame
+from chalicelib.data.dataset import DatasetSchemaError
+from chalicelib.data.schema import COLUMN_BY_NAME, COLUMN_NAMES, FEATURE_INPUTS, columns_from_records, parse_encounter
+from chalicelib.data.tabular import read_table, validate_frame
 
 
 def write_csv(frame: pd.DataFrame, path: Path, newline: str = "\n") -> Path:

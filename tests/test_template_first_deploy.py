@@ -334,7 +334,7 @@ def test_every_function_whose_code_hashes_identifiers_gets_the_stacks_salt() -> 
     hashing = [
         f
         for f in template.functions()
-        if "chalicelib.identifiers" in (calls := code_calls(template, f)).modules
+        if "chalicelib.core.identifiers" in (calls := code_calls(template, f)).modules
         and ("secretsmanager", "GetSecretValue") in calls.operations()  # reaches the salt's fetch, not just the module
     ]
     assert {"ApiFunction", "EmbedderFunction", "DriftMonitorFunction"} <= set(hashing)
@@ -348,7 +348,7 @@ def test_the_history_table_has_the_key_the_store_writes() -> None:
     import boto3
     from moto import mock_aws
 
-    from chalicelib.history_store import DynamoDBHistoryStore
+    from chalicelib.serving.history_store import DynamoDBHistoryStore
 
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")

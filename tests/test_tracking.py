@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib import sagemaker_train, tracking
-from chalicelib.bundle import ModelBundle
-from chalicelib.dataset import content_sha256
-from chalicelib.registry import Registry
-from chalicelib.storage import open_storage
-from chalicelib.train import TrainConfig, train
+from chalicelib.core.storage import open_storage
+from chalicelib.data.dataset import content_sha256
+from chalicelib.model import sagemaker_train, tracking
+from chalicelib.model.bundle import ModelBundle
+from chalicelib.model.train import TrainConfig, train
+from chalicelib.registry.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"n_estimators": 20, "folds": 3, "baselines": False, "holdout_frac": 0.2}
@@ -171,8 +171,8 @@ def test_training_without_mlflow_installed_warns_once_and_imports_nothing(sample
         import sys, warnings
         sys.modules["mlflow"] = None  # import mlflow raises ImportError
         from pathlib import Path
-        from chalicelib import tracking
-        from chalicelib.train import TrainConfig, train
+        from chalicelib.model import tracking
+        from chalicelib.model.train import TrainConfig, train
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = train(Path({str(sample_csv)!r}), Path({str(tmp_path)!r}), TrainConfig(n_estimators=5, folds=2,
@@ -195,7 +195,7 @@ def test_the_api_and_the_training_code_import_no_mlflow() -> None:
     imports), the training module or the tracking adapter itself must not import it."""
     code = (
         "import sys, app; assert 'mlflow' not in sys.modules, 'app'; "
-        "import chalicelib.train, chalicelib.tracking, chalicelib.sagemaker_train; "
+        "import chalicelib.model.train, chalicelib.model.tracking, chalicelib.model.sagemaker_train; "
         "assert 'mlflow' not in sys.modules, 'training modules'"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

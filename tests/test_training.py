@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chalicelib.bundle import ModelBundle
-from chalicelib.train import grouped_folds, holdout_split
+from chalicelib.model.bundle import ModelBundle
+from chalicelib.model.train import grouped_folds, holdout_split
 
 README_SECTIONS = ("## Data", "## Evaluation protocol", "## Performance", "## Subgroups", "## Limitations")
 
@@ -23,7 +23,7 @@ def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.C
 
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "chalicelib.cli", *args], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-m", "chalicelib.cli.main", *args], capture_output=True, text=True, env=env, timeout=300
     )
 
 

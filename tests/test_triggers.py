@@ -75,7 +75,7 @@ def test_the_drift_alarm_entering_alarm_starts_a_drift_retraining(bus: tuple[Any
 def test_the_rule_hands_the_state_machine_a_valid_drift_execution_input() -> None:
     import yaml
 
-    from chalicelib.pipeline import RetrainInput
+    from chalicelib.lifecycle.pipeline import RetrainInput
 
     template = yaml.load((ROOT / "template.yaml").read_text(), Loader=CfnLoader)
     rule = template["Resources"]["RetrainStateMachine"]["Properties"]["Events"]["DriftAlarm"]["Properties"]

@@ -9,10 +9,10 @@ import numpy as np
 import optuna
 import pytest
 
-from chalicelib import tune as tuning
-from chalicelib.dataset import content_sha256
-from chalicelib.tabular import read_table
-from chalicelib.train import TrainConfig, holdout_split, prepare
+from chalicelib.data.dataset import content_sha256
+from chalicelib.data.tabular import read_table
+from chalicelib.model import tune as tuning
+from chalicelib.model.train import TrainConfig, holdout_split, prepare
 
 TINY = {
     "max_depth": tuning.Range(low=2, high=3, integer=True),

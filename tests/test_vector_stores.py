@@ -12,12 +12,24 @@ import numpy as np
 import pytest
 from opensearchpy import OpenSearch, RequestError, helpers
 
-from chalicelib.aws_clients import secret_string
-from chalicelib.identifiers import hash_id
-from chalicelib.numpy_store import NumpyStore
-from chalicelib.opensearch_store import CustomIdsUnsupported, OpenSearchStore, index_body, signing_target, similarity
-from chalicelib.qdrant_store import QdrantStore, Replication, qdrant_client
-from chalicelib.vectors import DimensionMismatch, IndexMissing, StoreNotConfigured, VectorStore, open_vector_store
+from chalicelib.core.aws_clients import secret_string
+from chalicelib.core.identifiers import hash_id
+from chalicelib.similar.numpy_store import NumpyStore
+from chalicelib.similar.opensearch_store import (
+    CustomIdsUnsupported,
+    OpenSearchStore,
+    index_body,
+    signing_target,
+    similarity,
+)
+from chalicelib.similar.qdrant_store import QdrantStore, Replication, qdrant_client
+from chalicelib.similar.vectors import (
+    DimensionMismatch,
+    IndexMissing,
+    StoreNotConfigured,
+    VectorStore,
+    open_vector_store,
+)
 from tests.opensearch_fake import Cluster, FakeConnection
 
 DIM = 8
@@ -344,7 +356,7 @@ def test_a_server_store_gets_its_api_key_from_secrets_manager_over_https(
     import boto3
     from moto import mock_aws
 
-    import chalicelib.qdrant_store as qs
+    import chalicelib.similar.qdrant_store as qs
 
     made: list[dict[str, Any]] = []
 
@@ -374,7 +386,7 @@ def test_a_server_store_gets_its_api_key_from_secrets_manager_over_https(
 def test_a_server_store_without_a_secret_uses_the_plain_key_and_local_mode_none(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import chalicelib.qdrant_store as qs
+    import chalicelib.similar.qdrant_store as qs
 
     made: list[dict[str, Any]] = []
     monkeypatch.setattr(qs, "qdrant_client", lambda **kw: made.append(kw) or qdrant_client(path=":memory:"))

@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chalicelib import page as page_module
-from chalicelib.api import ReadmitAPI, Request
-from chalicelib.api_models import parse_encounter_body
-from chalicelib.auth import ApiGatewayAuth, DevAuth
-from chalicelib.capacity import capture_curve
-from chalicelib.card import to_html
-from chalicelib.model_provider import ModelProvider
-from chalicelib.openapi import EXAMPLE, document
-from chalicelib.page import INVALID_SETTINGS, PageAuth, clinician_page, page_auth
-from chalicelib.service import Predictor
+from chalicelib.model.capacity import capture_curve
+from chalicelib.registry.provider import ModelProvider
+from chalicelib.serving import page as page_module
+from chalicelib.serving.api import ReadmitAPI, Request
+from chalicelib.serving.api_models import parse_encounter_body
+from chalicelib.serving.auth import ApiGatewayAuth, DevAuth
+from chalicelib.serving.card import to_html
+from chalicelib.serving.openapi import EXAMPLE, document
+from chalicelib.serving.page import INVALID_SETTINGS, PageAuth, clinician_page, page_auth
+from chalicelib.serving.service import Predictor
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 

@@ -1,4 +1,4 @@
-"""chalicelib.wsgi in-process: an HTTP request through the WSGI adapter gets what the Lambda path gives the same
+"""chalicelib.serving.wsgi in-process: an HTTP request through the WSGI adapter gets what the Lambda path gives the same
 request (API Gateway event → app.app), and the adapter's own limits answer in the API's error format."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 import app as chalice_module
-from chalicelib.api import ReadmitAPI
-from chalicelib.audit import LocalPredictionLog
-from chalicelib.card import PLOT_NAMES
-from chalicelib.history_store import SQLiteHistoryStore
-from chalicelib.model_provider import ModelProvider
-from chalicelib.service import Predictor
-from chalicelib.wsgi import CATCH_ALL, MAX_PAYLOAD_BYTES, ROUTE_KEY, ChaliceWSGI
+from chalicelib.core.audit import LocalPredictionLog
+from chalicelib.registry.provider import ModelProvider
+from chalicelib.serving.api import ReadmitAPI
+from chalicelib.serving.card import PLOT_NAMES
+from chalicelib.serving.history_store import SQLiteHistoryStore
+from chalicelib.serving.service import Predictor
+from chalicelib.serving.wsgi import CATCH_ALL, MAX_PAYLOAD_BYTES, ROUTE_KEY, ChaliceWSGI
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from chalicelib import xgboost_calls
-from chalicelib.bundle import ModelBundle
-from chalicelib.features import FEATURE_NAMES, encode
-from chalicelib.tabular import Table
+from chalicelib.data.tabular import Table
+from chalicelib.features.encoding import FEATURE_NAMES, encode
+from chalicelib.model import xgboost_calls
+from chalicelib.model.bundle import ModelBundle
 
 
 @pytest.fixture(scope="module")

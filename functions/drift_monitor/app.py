@@ -1,4 +1,4 @@
-"""Scheduled drift monitor: a thin handler over chalicelib.monitor, publishing EMF metrics."""
+"""Scheduled drift monitor: a thin handler over chalicelib.monitoring.monitor, publishing EMF metrics."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from chalicelib import monitor, settings
-from chalicelib.audit import open_prediction_log
-from chalicelib.registry import Registry
+from chalicelib.core import settings
+from chalicelib.core.audit import open_prediction_log
+from chalicelib.monitoring import monitor
+from chalicelib.registry.registry import Registry
 
 logger = Logger(service="readmit-monitor")
 metrics = Metrics(namespace="Readmit", service="readmit")

@@ -1,6 +1,6 @@
-"""Retraining workflow step: promote. A thin handler over chalicelib.pipeline."""
+"""Retraining workflow step: promote. A thin handler over chalicelib.lifecycle.pipeline."""
 
-from chalicelib import pipeline
-from chalicelib.lambda_step import step
+from chalicelib.core.lambda_step import step
+from chalicelib.lifecycle import pipeline
 
 handler = step(pipeline.promote, count_as="ModelsPromoted")
