@@ -13,7 +13,7 @@ export READMIT_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export READMIT_HOME ?= $(abspath .readmit)
 export MPLBACKEND := Agg
 
-.PHONY: setup tools browser validate-asl demo test lint clean docs build-ApiFunction lambda-size build-StartTrainingFunction \
+.PHONY: setup tools browser validate-asl demo test check lint clean docs build-ApiFunction lambda-size build-StartTrainingFunction \
 	build-CheckTrainingFunction build-PromoteFunction build-RejectFunction build-DriftMonitorFunction \
 	build-EmbedderFunction constraints training-env training-image
 .DEFAULT_GOAL := demo
@@ -64,9 +64,11 @@ demo: setup
 	@if [ "$(DEMO_SERVE)" = 1 ]; then echo "Serving the API and the page; Ctrl-C stops it (DEMO_SERVE=0 skips this step)."; \
 		$(BIN)/readmit serve --port $(DEMO_PORT); fi
 
+# Style and types: mypy checks chalicelib/, app.py and functions/ (pyproject.toml's [tool.mypy] names them).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # `readmit data` finds the data set (downloading it from UCI if need be) and keeps the official copy in the user
 # cache, where the tests look when there is no ../shared beside the clone; the tests themselves never download.
@@ -74,15 +76,22 @@ test: setup tools browser training-env lint
 	$(BIN)/readmit data > /dev/null
 	$(BIN)/pytest -q
 
+# The inner loop, under two minutes: lint and types, then every test not marked slow (the layer contract,
+# tests/test_layers.py, among them), stopping at the first failure. `make test` runs them all, slow ones included.
+check: tools lint
+	$(BIN)/readmit data > /dev/null
+	$(BIN)/pytest -q -x -m "not slow"
+
 docs: setup
 	$(BIN)/readmit features --out docs/features.md
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .readmit .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .readmit .pytest_cache .ruff_cache .mypy_cache
 
-# SAM's makefile build (template.yaml: BuildMethod makefile): the API function gets app.py, chalicelib and the
-# serving dependencies only (no pandas, no scikit-learn), as Linux wheels. Chalice is needed only for its
-# runtime module (no botocore, click or yaml: boto3 comes with the Lambda runtime); test suites are dropped.
+# SAM's makefile build (template.yaml: BuildMethod makefile): the API function gets app.py, the chalicelib modules it
+# can import (deploy/lambda/package.py) and the serving dependencies only (no pandas, no scikit-learn), as Linux
+# wheels. Chalice is needed only for its runtime module (no botocore, click or yaml: boto3 comes with the Lambda
+# runtime); test suites are dropped.
 LAMBDA_PYTHON ?= 3.12
 define compile_bytecode
 	@if [ -n "$(LAMBDA_PYTHON_BIN)" ]; then "$(LAMBDA_PYTHON_BIN)" deploy/lambda/compile_imports.py "$(ARTIFACTS_DIR)"; \
@@ -100,49 +109,82 @@ LAMBDA_PLATFORMS = $(foreach v,$(shell seq $(LAMBDA_GLIBC_MINOR) -1 17),--platfo
 	--platform manylinux2014_x86_64
 LAMBDA_PIP = python3 -m pip install --quiet --no-warn-conflicts --target "$(ARTIFACTS_DIR)" $(LAMBDA_PLATFORMS) \
 	--implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: --constraint $(CONSTRAINTS)
-SERVING_DEPS = numpy xgboost-cpu scipy pydantic aws-lambda-powertools platformdirs prometheus-client
+# pydantic-settings: chalicelib.core.settings, which every function imports at load.
+SERVING_DEPS = numpy xgboost-cpu scipy pydantic pydantic-settings aws-lambda-powertools platformdirs prometheus-client
+# The handler as app.py and only the chalicelib modules (and data files) it can import, found statically.
+LAMBDA_PACKAGE = python3 deploy/lambda/package.py
 VECTOR_DEPS = qdrant-client opensearch-py  # the API's similar-patient search (imported only when selected)
 build-ApiFunction:
-	cp -r app.py chalicelib "$(ARTIFACTS_DIR)/"
+	$(LAMBDA_PACKAGE) app.py "$(ARTIFACTS_DIR)"
 	$(LAMBDA_PIP) $(SERVING_DEPS) $(VECTOR_DEPS)
 	python3 -m pip install --quiet --no-warn-conflicts --no-deps --target "$(ARTIFACTS_DIR)" \
 		--constraint $(CONSTRAINTS) chalice
 	cd "$(ARTIFACTS_DIR)" && rm -rf bin chalice/cli chalice/deploy chalice/templates \
 		scipy/*/tests scipy/*/*/tests && find . -name __pycache__ -prune -exec rm -rf {} +
 	$(compile_bytecode)
+# The other functions: pip writes bytecode for the Python that runs it (this machine's), which the runtime ignores
+# (tens of MB: PromoteFunction was over the limit with it); scipy's test suites are never imported. Then the runtime's
+# bytecode for what the function imports.
+define lambda_trim
+	cd "$(ARTIFACTS_DIR)" && rm -rf bin scipy/*/tests scipy/*/*/tests && find . -name __pycache__ -prune -exec rm -rf {} +
+	$(compile_bytecode)
+endef
 
-# Unzipped size of the API function package (Lambda's limit: 250 MB).
-lambda-size: setup
-	rm -rf build/lambda && mkdir -p build/lambda
-	$(MAKE) --no-print-directory build-ApiFunction ARTIFACTS_DIR=$(abspath build/lambda)
-	@du -sm build/lambda | awk '{print "API function package, unzipped: " $$1 " MB (limit 250 MB)"}'
+# Unzipped size of each function package, built into build/lambda/<Function> (Lambda's limit: 250 MB unzipped,
+# https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html); fails when one is over it.
+# `make lambda-size`: the API function only. tests/test_lambda_packages.py checks the list against template.yaml.
+LAMBDA_FUNCTIONS = ApiFunction StartTrainingFunction CheckTrainingFunction PromoteFunction RejectFunction \
+	DriftMonitorFunction EmbedderFunction BatchScoreFunction BatchScoreMapFunction BatchPrepareFunction BatchMergeFunction
+LAMBDA_BUILD := build/lambda
+LAMBDA_LIMIT_MB := 250
+define lambda_report
+	@for f in $(1); do du -sm $(LAMBDA_BUILD)/$$f; done | awk -v limit=$(LAMBDA_LIMIT_MB) '{sub(".*/", "", $$2); \
+		printf "%-26s %4d MB unzipped (limit %d MB)\n", $$2, $$1, limit; if ($$1 > limit) over = 1} END {exit over}'
+endef
+.PHONY: lambda-sizes $(addprefix $(LAMBDA_BUILD)/,$(LAMBDA_FUNCTIONS))
+$(addprefix $(LAMBDA_BUILD)/,$(LAMBDA_FUNCTIONS)): $(LAMBDA_BUILD)/%: | setup
+	rm -rf $@ && mkdir -p $@
+	$(MAKE) --no-print-directory build-$* ARTIFACTS_DIR=$(abspath $@)
+lambda-size: $(LAMBDA_BUILD)/ApiFunction
+	$(call lambda_report,ApiFunction)
+lambda-sizes: $(addprefix $(LAMBDA_BUILD)/,$(LAMBDA_FUNCTIONS))
+	$(call lambda_report,$(LAMBDA_FUNCTIONS))
 
-# The retraining steps that need no training stack: chalicelib + the step's handler as app.py.
-LIGHT_DEPS = aws-lambda-powertools[tracer] pydantic platformdirs
+# The retraining steps that need no training stack: the step's handler as app.py + the chalicelib modules it imports.
+LIGHT_DEPS = aws-lambda-powertools[tracer] pydantic pydantic-settings platformdirs
 define light_function
-	cp -r chalicelib "$(ARTIFACTS_DIR)/" && cp functions/$(1)/app.py "$(ARTIFACTS_DIR)/app.py"
+	$(LAMBDA_PACKAGE) functions/$(1)/app.py "$(ARTIFACTS_DIR)"
 	$(LAMBDA_PIP) $(LIGHT_DEPS)
 endef
 build-StartTrainingFunction:
 	$(call light_function,start_training)
+	$(lambda_trim)
 build-CheckTrainingFunction:
 	$(call light_function,check_training)
+	$(lambda_trim)
 build-PromoteFunction:  # also numpy/scipy/xgboost: model_check loads and scores the winner in a child process
 	$(call light_function,promote)
 	$(LAMBDA_PIP) numpy xgboost-cpu scipy
+	$(lambda_trim)
 build-RejectFunction:
 	$(call light_function,reject)
+	$(lambda_trim)
 
-# The drift monitor needs numpy and scipy (the serving dependencies), not the training stack.
+# The drift monitor needs numpy and scipy (the serving dependencies), not the training stack; nor prometheus-client:
+# none of the modules it imports uses it (chalicelib.core.telemetry is not among them).
 build-DriftMonitorFunction:
-	cp -r chalicelib "$(ARTIFACTS_DIR)/" && cp functions/drift_monitor/app.py "$(ARTIFACTS_DIR)/app.py"
-	$(LAMBDA_PIP) $(SERVING_DEPS)
+	$(LAMBDA_PACKAGE) functions/drift_monitor/app.py "$(ARTIFACTS_DIR)"
+	$(LAMBDA_PIP) $(filter-out prometheus-client,$(SERVING_DEPS))
+	$(lambda_trim)
 
 # The embedder (SQS → embed → vector store): the feature code and the store clients, no model, no training stack.
-EMBEDDER_DEPS = numpy pydantic aws-lambda-powertools[tracer] platformdirs prometheus-client $(VECTOR_DEPS)
+EMBEDDER_DEPS = numpy pydantic pydantic-settings aws-lambda-powertools[tracer] platformdirs prometheus-client \
+	$(VECTOR_DEPS)
 build-EmbedderFunction:
-	cp -r chalicelib "$(ARTIFACTS_DIR)/" && cp functions/embedder/app.py "$(ARTIFACTS_DIR)/app.py"
+	$(LAMBDA_PACKAGE) functions/embedder/app.py "$(ARTIFACTS_DIR)"
 	$(LAMBDA_PIP) $(EMBEDDER_DEPS)
+	$(lambda_trim)
+
 # Headless Chromium for the browser tests (tests/test_browser_e2e.py): Debian's package, driven by Playwright
 # (its own browser download is never used; sudo only when not root), and axe-core for their accessibility check.
 AXE_SPEC ?= axe-core@4
@@ -222,11 +264,12 @@ training-image:
 		| grep -m1 "^$(REPO)@sha256:"); test -n "$$digest" || { echo "no digest for $(REPO)" >&2; exit 1; }; \
 		echo "TrainingImage=$$digest"
 
-# Batch scoring (issue #9): chalicelib + the step's handler as app.py + the serving dependencies (no pandas, no
-# scikit-learn), with Powertools' tracer for chalicelib.core.lambda_step; boto3 and botocore come with the runtime.
+# Batch scoring (issue #9): the step's handler as app.py + the chalicelib modules it imports + the serving
+# dependencies (no pandas, no scikit-learn), with Powertools' tracer for chalicelib.core.lambda_step; boto3 and botocore
+# come with the runtime.
 .PHONY: build-BatchScoreFunction build-BatchScoreMapFunction build-BatchPrepareFunction build-BatchMergeFunction
 define batch_function
-	cp -r chalicelib "$(ARTIFACTS_DIR)/" && cp functions/$(1)/app.py "$(ARTIFACTS_DIR)/app.py"
+	$(LAMBDA_PACKAGE) functions/$(1)/app.py "$(ARTIFACTS_DIR)"
 	$(LAMBDA_PIP) $(SERVING_DEPS) \
 		"aws-lambda-powertools[tracer]"
 	cd "$(ARTIFACTS_DIR)" && rm -rf bin scipy/*/tests scipy/*/*/tests botocore* jmespath* urllib3* dateutil \

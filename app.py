@@ -40,19 +40,26 @@ snapstart.register(api)
 
 def _request() -> Request:
     r = app.current_request
+    assert r is not None  # Chalice sets it before it calls a route or a middleware
     context = r.context or {}
     request_id = context.get("requestId") or uuid.uuid4().hex
     # API Gateway's Cognito authorizer puts the verified token's claims here (Lambda proxy integration input format)
     claims = (context.get("authorizer") or {}).get("claims")
     stage_vars = dict(r.stage_vars or {})
+    body = r.raw_body  # bytes: Chalice encodes a str body (its annotation says str | bytes)
     return Request(
-        r.raw_body, dict(r.headers or {}), dict(r.query_params or {}), request_id, claims, stage_vars=stage_vars
+        body if isinstance(body, bytes) else body.encode(),
+        dict(r.headers or {}),
+        dict(r.query_params or {}),
+        request_id,
+        claims,
+        stage_vars=stage_vars,
     )
 
 
 def _respond(response: Response) -> ChaliceResponse:
     telemetry.flush()
-    headers = {"Content-Type": response.content_type, **response.headers}
+    headers: dict[str, str | list[str]] = {"Content-Type": response.content_type, **response.headers}
     return ChaliceResponse(body=response.payload(), status_code=response.status, headers=headers)
 
 

@@ -29,10 +29,11 @@ import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 from chalicelib.data.dataset import locate
-from chalicelib.data.schema import category_code
+from chalicelib.data.schema import MEDICATIONS, category_code
 from chalicelib.data.tabular import Table, read_table
 from chalicelib.features import icd9
-from chalicelib.features.encoding import DIAGS, FEATURE_NAMES, MEDICATIONS, _diag_info
+from chalicelib.features.encoding import _diag_info
+from chalicelib.features.table import DIAGS, FEATURE_NAMES
 from chalicelib.model import calibration
 from chalicelib.model.train import (
     DEFAULT_PARAMS,

@@ -65,7 +65,8 @@ def phases(model_uri: str, data: Path) -> dict[str, float]:
 
     import_xgboost_lean()
     from chalicelib.data.tabular import read_table
-    from chalicelib.features.encoding import encode, history_in_file
+    from chalicelib.features.encoding import encode
+    from chalicelib.features.history import history_in_file
     from chalicelib.registry.loader import load_model
 
     model = load_model(model_uri)

@@ -1675,17 +1675,39 @@ def role_statements(variant: str, logical_id: str) -> list[dict[str, Any]]:
     return out
 
 
+SETTINGS_MODULE = "chalicelib.core.settings"
+
+
+def _names_of(variable: str) -> list[str]:
+    """The ways reachable code can name a variable: its literal, and for a READMIT_* setting (declared once in
+    chalicelib/core/settings.py) the Settings field (``s.id_salt_secret``) or the ENV_* constant that holds it."""
+    patterns = [rf"[\"']{re.escape(variable)}[\"']"]
+    if variable.startswith("READMIT_"):
+        field = variable.removeprefix("READMIT_").lower()
+        constants = re.findall(rf"^(ENV_[A-Z_0-9]+) = ENV\[\"{field}\"\]", _settings_source(), re.M)
+        patterns += [rf"\.{field}\b", *(rf"\b{c}\b" for c in constants)]
+    return patterns
+
+
+def _settings_source() -> str:
+    path = _module_path(SETTINGS_MODULE)
+    assert path is not None
+    return path.read_text()
+
+
 def secrets_told(variant: str, template: Template, logical_id: str) -> dict[str, str]:
     """Secret → the environment variable that hands the function its ARN, for variables its reachable code names
-    (a string literal in a module it imports: settings are read as ``os.environ["NAME"]`` / ``env.get("NAME")``)."""
+    (outside the settings module, which declares them all): a string literal (``os.environ["NAME"]``), or the
+    setting's field or ENV_* constant."""
     s = stack(variant)
     _, path = handler_file(template, logical_id)
-    sources = "\n".join((_module_path(m) or path).read_text() for m in code_calls(template, logical_id).modules)
+    modules = [m for m in code_calls(template, logical_id).modules if m != SETTINGS_MODULE]
+    sources = "\n".join((_module_path(m) or path).read_text() for m in modules)
     variables = s.resolve(s.template["Resources"][logical_id]["Properties"].get("Environment", {}))
     told: dict[str, str] = {}
     for name, value in (variables.get("Variables") or {}).items():
         for secret in (r for r, v in s.resources.items() if v["Type"] == SECRET):
-            if value == s.ref(secret) and re.search(rf"[\"']{re.escape(name)}[\"']", sources):
+            if value == s.ref(secret) and any(re.search(p, sources) for p in _names_of(name)):
                 told[secret] = name
     return told
 

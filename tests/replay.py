@@ -16,6 +16,7 @@ from moto import mock_aws
 
 from chalicelib.cli.local_invoke import invoke
 from chalicelib.cli.sam_template import Template, Unresolved, intrinsic
+from tests.helpers import load_event
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
@@ -34,8 +35,7 @@ def template() -> Template:
     return Template(ROOT / "template.yaml", region="us-east-1")
 
 
-def fixture(name: str) -> dict[str, Any]:
-    return json.loads((EVENTS / name).read_text())
+fixture = load_event  # the replaying tests import it from here
 
 
 def run(logical_id: str, event: dict[str, Any] | str, **env: str) -> Any:

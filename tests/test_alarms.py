@@ -48,6 +48,7 @@ def logical(node: dict[str, Any]) -> str:
     return arg[0] if isinstance(arg, list) else arg.split(".")[0]
 
 
+@pytest.mark.slow
 def test_every_alarm_notifies_the_topic() -> None:
     assert len(alarms()) >= 15
     for name, props in alarms().items():
@@ -56,6 +57,7 @@ def test_every_alarm_notifies_the_topic() -> None:
 
 
 @pytest.mark.parametrize(("email", "subscribed"), [("oncall@example.org", True), ("", False)])
+@pytest.mark.slow
 def test_the_alert_email_subscribes_to_the_topic_only_when_given(email: str, subscribed: bool) -> None:
     parameters = {**BASE, "AlertEmail": email} if email else BASE
     stack = Stack(translate(raw(), parameters), parameters)
@@ -67,6 +69,7 @@ def test_the_alert_email_subscribes_to_the_topic_only_when_given(email: str, sub
         assert props["TopicArn"] == {"Ref": "NotificationTopic"}
 
 
+@pytest.mark.slow
 def test_every_function_has_an_errors_alarm_and_a_throttles_alarm_within_the_math_limit() -> None:
     functions = set(of_type("AWS::Serverless::Function"))
     for metric in ("Errors", "Throttles"):

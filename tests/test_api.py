@@ -14,7 +14,9 @@ import pytest
 from chalicelib.core.audit import LocalPredictionLog
 from chalicelib.core.identifiers import hash_id
 from chalicelib.data.schema import COLUMNS, columns_from_records
-from chalicelib.features.encoding import FEATURE_NAMES, encode, history_in_file
+from chalicelib.features.encoding import encode
+from chalicelib.features.history import history_in_file
+from chalicelib.features.table import FEATURE_NAMES
 from chalicelib.model.bundle import ModelBundle
 from chalicelib.registry.provider import ModelProvider
 from chalicelib.serving.api import ReadmitAPI, Request
@@ -52,6 +54,7 @@ def fields(body: dict) -> set[str]:
     return {d["field"] for d in body["details"]}
 
 
+@pytest.mark.slow
 def test_a_valid_encounter_gets_a_calibrated_risk_tier_and_named_factors(api: ReadmitAPI) -> None:
     status, body = post(api, example())
     assert status == 200
@@ -65,6 +68,7 @@ def test_a_valid_encounter_gets_a_calibrated_risk_tier_and_named_factors(api: Re
     assert magnitudes == sorted(magnitudes, reverse=True)
 
 
+@pytest.mark.slow
 def test_the_api_risk_equals_the_batch_risk_for_the_same_encounter(api: ReadmitAPI, small_bundle: Path) -> None:
     _status, body = post(api, example())
     record = parse_encounter_body(example())  # the example leaves unprescribed drugs out
@@ -210,6 +214,7 @@ def test_without_a_model_health_says_not_ready_and_predict_is_503(tmp_path: Path
     assert status == 503 and body["error"] == "model not ready"
 
 
+@pytest.mark.slow
 def test_model_info_and_openapi_describe_the_service(api: ReadmitAPI) -> None:
     info = api.model_info(Request()).body
     assert info["thresholds"]["high"] > info["thresholds"]["medium"] and len(info["features"]) > 40

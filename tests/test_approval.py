@@ -51,12 +51,14 @@ def local(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Regist
     return registry
 
 
+@pytest.mark.slow
 def test_list_shows_each_versions_state(local: Registry, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["registry", "list", "--json"]) == 0
     states = json.loads(capsys.readouterr().out)["states"]
     assert states == {"20260101T000000Z-00000001": "champion", "20260201T000000Z-00000002": "pending"}
 
 
+@pytest.mark.slow
 def test_approve_promotes_a_pending_candidate_and_records_who_why_and_when(
     local: Registry, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -76,6 +78,7 @@ def test_approve_promotes_a_pending_candidate_and_records_who_why_and_when(
     assert (archived["version"], archived["previous_state"]) == (old, "champion")
 
 
+@pytest.mark.slow
 def test_approving_the_champion_again_is_a_no_op(local: Registry) -> None:
     new = "20260201T000000Z-00000002"
     assert main(["registry", "approve", new, "--reason", "first", "--json"]) == 0
@@ -105,6 +108,7 @@ def test_approve_and_reject_need_a_reason_and_the_champion_cannot_be_rejected(
         promotion.reject(local, "20260101T000000Z-00000001", "no", by="local:x")
 
 
+@pytest.mark.slow
 def test_approving_a_model_that_fails_the_validity_check_is_refused(
     local: Registry,
     tiny: Path,  # noqa: F811
@@ -122,6 +126,7 @@ def test_approving_a_model_that_fails_the_validity_check_is_refused(
         local.approve(bad, "looks fine", by="local:x")
 
 
+@pytest.mark.slow
 def test_versions_from_before_states_take_theirs_from_the_history(tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     registry = Registry.open(tmp_path / "r")
     for v in ("v1", "v2", "v3", "v4"):
@@ -135,6 +140,7 @@ def test_versions_from_before_states_take_theirs_from_the_history(tiny: Path, tm
 
 
 # ---- the retraining loop locally: policy manual end to end, policy auto as before -------------------------------
+@pytest.mark.slow
 def test_manual_policy_end_to_end_pending_then_approved_then_the_running_server_swaps(
     sample_csv: Path,
     small_bundle: Path,
@@ -244,6 +250,7 @@ def _evaluate(policy: str) -> dict[str, Any]:
     return run("EvaluateFunction", {**fixture("retrain_evaluate.json"), "gate": {"min_auc": 0.5}}, **env)
 
 
+@pytest.mark.slow
 def test_evaluate_registers_a_model_package_with_metrics_metadata_and_the_policys_status(aws: Any) -> None:
     out = _evaluate("manual")
     assert out["promote"] is True and out["approval"] == "PendingManualApproval"
@@ -268,6 +275,7 @@ def test_evaluate_registers_a_model_package_with_metrics_metadata_and_the_policy
     assert registry.metadata(out["challenger_version"]).get("mlflow_run_id") is None
 
 
+@pytest.mark.slow
 def test_under_auto_the_gates_pass_is_approved_at_creation_and_not_pending(aws: Any) -> None:
     out = _evaluate("auto")
     assert out["approval"] == "Approved"
@@ -275,6 +283,7 @@ def test_under_auto_the_gates_pass_is_approved_at_creation_and_not_pending(aws: 
     assert not _history(Registry.open(S3_REGISTRY), "pending")  # no one is asked: the Promote step follows
 
 
+@pytest.mark.slow
 def test_a_person_approves_on_aws_and_the_approval_event_promotes_once(
     aws: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -301,6 +310,7 @@ def test_a_person_approves_on_aws_and_the_approval_event_promotes_once(
     assert again["changed"] is False and len(_history(registry, "promoted")) == 1
 
 
+@pytest.mark.slow
 def test_the_step_functions_input_still_promotes_under_auto(aws: Any) -> None:
     out = _evaluate("auto")
     event = {**fixture("retrain_promote.json"), "decision": out}
@@ -312,6 +322,7 @@ def test_the_step_functions_input_still_promotes_under_auto(aws: Any) -> None:
     assert "skipped" in run("PromoteFunction", APPROVED_EVENT)
 
 
+@pytest.mark.slow
 def test_promote_refuses_a_pending_candidate_from_the_workflow(aws: Any) -> None:
     out = _evaluate("manual")
     with pytest.raises(ValueError, match="pending manual approval"):
@@ -319,6 +330,7 @@ def test_promote_refuses_a_pending_candidate_from_the_workflow(aws: Any) -> None
     assert Registry.open(S3_REGISTRY).champion() is None
 
 
+@pytest.mark.slow
 def test_a_rejection_in_sagemaker_is_recorded_once_with_who_and_why(aws: Any) -> None:
     out = _evaluate("manual")
     version, registry = out["challenger_version"], Registry.open(S3_REGISTRY)
@@ -333,6 +345,7 @@ def test_a_rejection_in_sagemaker_is_recorded_once_with_who_and_why(aws: Any) ->
     )
 
 
+@pytest.mark.slow
 def test_approving_on_aws_a_model_that_fails_the_validity_check_is_refused_before_sagemaker(
     aws: Any,
     tiny: Path,  # noqa: F811
@@ -351,6 +364,7 @@ def test_approving_on_aws_a_model_that_fails_the_validity_check_is_refused_befor
 
 
 # ---- what moto cannot show: an IAM identity in LastModifiedBy (botocore's Stubber, shapes validated) -----------
+@pytest.mark.slow
 def test_an_sso_session_name_that_is_an_email_never_reaches_the_history(tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     registry = Registry.open(tmp_path / "registry")
     version = registry.register(tiny)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-import boto3
 import pytest
-from moto import mock_aws
 from pydantic import ValidationError
 
 from chalicelib.core.audit import (
@@ -24,6 +21,7 @@ from chalicelib.core.audit import (
     S3PredictionLog,
     open_prediction_log,
 )
+from tests.helpers import errors_in_threads, moto_s3
 
 NOON = datetime(2024, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -54,9 +52,7 @@ def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PredictionLo
     if request.param == "local":
         yield LocalPredictionLog(tmp_path / "predictions")
         return
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="audit")
+    with moto_s3("audit") as client:
         yield S3PredictionLog("audit", "predictions", client)
 
 
@@ -105,6 +101,7 @@ def test_appended_records_read_back_identically(log: PredictionLog) -> None:
     assert math.isnan(back[0].features[1]) and back[1].encounter_hash is None and back[1].source == "batch"
 
 
+@pytest.mark.slow
 def test_an_empty_append_writes_nothing(log: PredictionLog) -> None:
     log.append([])
     assert list(log.read()) == []
@@ -114,6 +111,7 @@ def test_reading_a_log_that_was_never_written_yields_nothing(log: PredictionLog)
     assert list(log.read(NOON - timedelta(days=1), NOON)) == []
 
 
+@pytest.mark.slow
 def test_read_filters_by_time_half_open(log: PredictionLog) -> None:
     # GIVEN records over three days, including two either side of midnight
     times = [
@@ -148,9 +146,7 @@ def test_records_are_partitioned_by_their_utc_day(tmp_path: Path) -> None:
 
 
 def test_s3_writes_one_object_per_append_named_after_the_first_request() -> None:
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="audit")
+    with moto_s3("audit") as client:
         log = S3PredictionLog("audit", "predictions", client)
         log.append([audit("req/1?", NOON), audit("req-2", NOON)])
         log.append([audit("req-3", NOON)])
@@ -165,23 +161,12 @@ def test_s3_writes_one_object_per_append_named_after_the_first_request() -> None
 def test_concurrent_appends_from_threads_produce_whole_lines(tmp_path: Path) -> None:
     log = LocalPredictionLog(tmp_path)
     wide = [float(i) for i in range(200)]  # long lines make interleaving likely if writes were not serialised
-    start = threading.Barrier(8)
-    errors: list[BaseException] = []
 
     def work(t: int) -> None:
-        try:
-            start.wait()
-            for k in range(25):
-                log.append([audit(f"t{t}-{k}-{j}", NOON, wide) for j in range(4)])
-        except BaseException as exc:  # surfaced below, threads swallow exceptions otherwise
-            errors.append(exc)
+        for k in range(25):
+            log.append([audit(f"t{t}-{k}-{j}", NOON, wide) for j in range(4)])
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
+    errors = errors_in_threads(work, 8)
     assert errors == []
     lines = [line for part in tmp_path.rglob("*.jsonl") for line in part.read_text().splitlines()]
     assert len(lines) == 8 * 25 * 4
@@ -268,9 +253,7 @@ def test_open_prediction_log_rejects_bad_uris() -> None:
 
 
 def test_s3_log_without_prefix_reads_what_it_wrote() -> None:
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="audit")
+    with moto_s3("audit") as client:
         log = open_prediction_log("s3://audit", s3_client=client)
         log.append([audit("root", NOON)])
         assert client.list_objects_v2(Bucket="audit")["Contents"][0]["Key"].startswith("dt=2024-03-10/root-")

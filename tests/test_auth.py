@@ -22,6 +22,7 @@ from chalicelib.registry.provider import ModelProvider
 from chalicelib.serving import auth
 from chalicelib.serving.api import ReadmitAPI, Request
 from chalicelib.serving.service import Predictor
+from tests.helpers import load_event
 from tests.replay import EVENTS, proxy, run
 from tests.test_server_e2e import start_server
 
@@ -34,8 +35,7 @@ def example() -> dict[str, Any]:
     return json.loads(json.loads((EVENTS / "api_predict.json").read_text())["body"])
 
 
-def fixture_event(name: str) -> dict[str, Any]:
-    return json.loads((EVENTS / name).read_text())
+fixture_event = load_event
 
 
 # ---- the rule itself ------------------------------------------------------------------------------------------
@@ -188,6 +188,7 @@ def test_the_template_turns_on_api_gateway_claims_for_the_function() -> None:
     assert env["READMIT_AUTH"] == "apigateway"
 
 
+@pytest.mark.slow
 def test_the_fixture_claims_become_the_hashed_caller_of_the_audit_record(small_bundle: Path, tmp_path: Path) -> None:
     event = fixture_event("api_predict.json")
     status, body = proxy(
@@ -199,6 +200,7 @@ def test_the_fixture_claims_become_the_hashed_caller_of_the_audit_record(small_b
     assert record.caller == hash_id(event["requestContext"]["authorizer"]["claims"]["sub"], kind="caller")
 
 
+@pytest.mark.slow
 def test_an_event_without_claims_is_refused_not_served_anonymously(small_bundle: Path) -> None:
     """A method deployed without the authorizer (a template edit gone wrong) must not open the data routes."""
     for name in ("api_predict.json", "api_model.json", "api_unknown_path.json"):
@@ -288,6 +290,7 @@ def test_jwks_mode_accepts_the_pools_access_tokens_for_its_clients_only(jwks_ser
 
 
 # ---- over real HTTP: `readmit serve --auth dev` and `readmit token` ---------------------------------------------
+@pytest.mark.slow
 def test_readmit_serve_with_dev_auth_answers_401_403_and_200_over_http(
     small_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -332,6 +335,7 @@ def test_readmit_serve_with_dev_auth_answers_401_403_and_200_over_http(
         server.process.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_readmit_token_prints_a_token_the_dev_server_accepts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

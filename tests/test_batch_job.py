@@ -5,7 +5,6 @@ scored file, a summary and audit records, by either path (one Lambda, or prepare
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import random
@@ -14,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from chalicelib.batch.rows import (
 )
 from chalicelib.model.bundle import ModelBundle
 from chalicelib.registry.registry import Registry
+from tests.helpers import FakeContext, load_event, load_function
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
@@ -54,23 +55,12 @@ DATA, MODELS, LOGS = "readmit-data-dev", "readmit-models-dev", "readmit-predicti
 STEP_FUNCTIONS_PAYLOAD_LIMIT = 262_144  # bytes: a Distributed Map batch (items + BatchInput) must fit
 
 
-def fixture(name: str) -> dict[str, Any]:
-    return json.loads((EVENTS / name).read_text())
+fixture = load_event
+Context = partial(FakeContext, "readmit-batch-score", memory_limit_in_mb=2048)
 
 
 def handler(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"fn_{name}", ROOT / "functions" / name / "app.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.handler
-
-
-class Context:
-    function_name = "readmit-batch-score"
-    memory_limit_in_mb = 2048
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit-batch-score"
-    aws_request_id = "fixture"
+    return load_function(name).handler
 
 
 def rows_of(data: bytes) -> list[dict[str, str]]:
@@ -119,6 +109,7 @@ def score_locally(model: ModelBundle, text: str, batch: int = 1000) -> list[tupl
 
 
 # ---- the row path ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_pandas_free_path_scores_every_row_exactly_as_readmit_predict_does(
     model: ModelBundle, discharges: Path, tmp_path: Path
 ) -> None:
@@ -295,6 +286,7 @@ def fixture_file() -> bytes:
     return ("\n".join([",".join(batch["BatchInput"]["columns"]), *(i["row"] for i in batch["Items"])]) + "\n").encode()
 
 
+@pytest.mark.slow
 def test_the_s3_event_replay_scores_the_whole_file_into_a_scored_csv_and_summary(aws: Aws) -> None:
     event = fixture("batch_score_s3_object_created.json")
     data = fixture_file()
@@ -317,6 +309,7 @@ def test_the_s3_event_replay_scores_the_whole_file_into_a_scored_csv_and_summary
     assert len(aws.audit()) == 4
 
 
+@pytest.mark.slow
 def test_the_map_batch_replay_writes_a_sorted_part_and_an_audit_record_per_scored_row(aws: Aws) -> None:
     # The fixture's model version is a placeholder: the batch asks for the registry's champion, as prepare pins it.
     event = fixture("batch_score_map_batch.json")
@@ -341,6 +334,7 @@ def test_the_map_batch_replay_writes_a_sorted_part_and_an_audit_record_per_score
     assert sorted(round(r["risk"], 6) for r in records) == scored_risks
 
 
+@pytest.mark.slow
 def test_a_batch_for_a_model_version_the_registry_does_not_hold_fails_the_batch(aws: Aws) -> None:
     event = fixture("batch_score_map_batch.json")  # its version was never registered
     with pytest.raises(Exception, match="20261126T020000Z-0123abcd"):
@@ -379,6 +373,7 @@ def _score_both_ways(aws: Aws, data: bytes, name: str) -> tuple[dict, list, dict
     return prepared, results, handler("batch_merge")(merge_input, Context())
 
 
+@pytest.mark.slow
 def test_prepare_batches_and_merge_write_the_same_scored_file_as_the_single_lambda_path(
     aws: Aws, discharges: Path
 ) -> None:
@@ -402,6 +397,7 @@ def test_prepare_batches_and_merge_write_the_same_scored_file_as_the_single_lamb
     assert {r["model_version"] for r in records} == {aws.version}
 
 
+@pytest.mark.slow
 def test_merge_refuses_a_run_whose_parts_miss_prepared_rows(aws: Aws, discharges: Path) -> None:
     job = fixture("batch_prepare_job.json")
     aws.put(job["key"], discharges.read_bytes())
@@ -414,6 +410,7 @@ def test_merge_refuses_a_run_whose_parts_miss_prepared_rows(aws: Aws, discharges
     assert "Contents" not in aws.s3.list_objects_v2(Bucket=DATA, Prefix="scored/")
 
 
+@pytest.mark.slow
 def test_a_file_without_the_needed_columns_fails_the_run_and_an_invalid_event_names_fields_not_values(
     aws: Aws,
 ) -> None:
@@ -431,6 +428,7 @@ def test_a_file_without_the_needed_columns_fails_the_run_and_an_invalid_event_na
         handler("batch_prepare")(job | {"key": "scored/x.csv"}, Context())
 
 
+@pytest.mark.slow
 def test_a_list_uploaded_to_incoming_comes_back_scored_sorted_summarised_and_audited(
     aws: Aws, discharges: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -506,6 +504,7 @@ def test_a_list_uploaded_to_incoming_comes_back_scored_sorted_summarised_and_aud
     assert "reason" not in json.dumps(notice) and notice["invalid"] == 5
 
 
+@pytest.mark.slow
 def test_the_batch_functions_import_and_score_without_pandas_or_scikit_learn(small_bundle: Path) -> None:
     """The Lambda packages hold the serving dependencies only: block pandas and sklearn and score the fixture batch."""
     code = f"""
@@ -607,6 +606,7 @@ def test_rows_with_backslashes_quoted_commas_and_doubled_quotes_reach_the_batche
     assert [r.fields for r in from_items(RowValidator(columns), handed_over)] == list(records)
 
 
+@pytest.mark.slow
 def test_both_batch_paths_score_a_list_with_backslashes_and_quotes_into_the_same_file(aws: Aws) -> None:
     _score_both_ways(aws, _odd_list().encode(), "odd.csv")
 

@@ -74,6 +74,7 @@ def template() -> dict[str, Any]:
 
 
 # --- the definition ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_asl_validator_accepts_the_definition_as_written_and_as_deployed(tmp_path: Path) -> None:
     if not VALIDATOR.exists():
         pytest.fail(f"asl-validator is not installed at {VALIDATOR.relative_to(ROOT)}: run `make tools`")
@@ -135,16 +136,16 @@ def test_every_task_retries_transient_errors_and_catches_everything() -> None:
         timeout = [r for r in retriers if r["ErrorEquals"] == ["States.Timeout"]]
         assert timeout and timeout[0]["MaxAttempts"] == 1 and "TimeoutSeconds" in task, name
         if task["Resource"].startswith("arn:aws:lambda:"):
-            assert any(set(r["ErrorEquals"]) == LAMBDA_TRANSIENT for r in retriers), name
+            assert any(set(r["ErrorEquals"]) >= LAMBDA_TRANSIENT for r in retriers), name
         else:
             assert any(r["ErrorEquals"] == ["States.TaskFailed"] for r in retriers), name
-        [catcher] = task["Catch"]
-        assert catcher["ErrorEquals"] == ["States.ALL"], name
+        if name != "ScoreBatch":  # a batch fails its child execution with its own error, caught or not
+            assert task["Catch"][-1]["ErrorEquals"] == ["States.ALL"], name  # the permanent errors by name before it
     states = definition["States"]
     for name in ("ScoreWholeFile", "Prepare", "Merge", "NotifyDone", "ScoreBatches"):
-        assert states[name]["Catch"] == [
-            {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "NotifyFailure"}
-        ]
+        last = states[name]["Catch"][-1]
+        assert last == {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "NotifyFailure"}
+        assert {(c["Next"], c["ResultPath"]) for c in states[name]["Catch"]} == {("NotifyFailure", "$.error")}, name
     assert states["NotifyFailure"]["Catch"][0]["Next"] == "Failed"
     assert states["NotifyFailure"]["Catch"][0]["ResultPath"] != "$.error"  # the original error survives
     # inside a batch: the function's own error fails the batch, and so the map
@@ -256,6 +257,7 @@ NOTICE = {
 }
 
 
+@pytest.mark.slow
 def test_a_small_upload_is_scored_by_one_lambda_call_and_announced(stack: Stack) -> None:
     queue_lambda_results(NOTICE)
 
@@ -275,6 +277,7 @@ def test_a_small_upload_is_scored_by_one_lambda_call_and_announced(stack: Stack)
     assert json.loads(message["Message"]) == NOTICE
 
 
+@pytest.mark.slow
 def test_a_large_upload_is_prepared_fanned_out_over_the_prepared_rows_and_merged(stack: Stack) -> None:
     # GIVEN Prepare's result and the prepared file it names (three rows) in S3
     prepared = {"items_key": "work/nightly-2/items.csv", "rows": 3, "columns": ["encounter_id"], "model_version": "v1"}
@@ -298,6 +301,7 @@ def test_a_large_upload_is_prepared_fanned_out_over_the_prepared_rows_and_merged
     assert json.loads(message["Message"]) == NOTICE | {"run_id": "nightly-2"}
 
 
+@pytest.mark.slow
 def test_a_failed_prepare_step_is_announced_and_no_batch_or_merge_runs(stack: Stack) -> None:
     # A reply over Lambda's 6 MB limit is a function error in moto as in AWS, and not a retried transient one.
     queue_lambda_results({"items_key": "0" * 6_000_000})
@@ -311,6 +315,7 @@ def test_a_failed_prepare_step_is_announced_and_no_batch_or_merge_runs(stack: St
     assert json.loads(message["Message"])["Error"] == "Function.ResponseSizeTooLarge"
 
 
+@pytest.mark.slow
 def test_a_failed_whole_file_call_is_announced_with_its_error(stack: Stack) -> None:
     queue_lambda_results({"scored_file": "0" * 6_000_000})
 

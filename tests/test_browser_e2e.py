@@ -42,6 +42,8 @@ from chalicelib.serving.openapi import document
 from chalicelib.serving.service import Predictor
 from tests.test_server_e2e import Server, start_server
 
+pytestmark = pytest.mark.slow  # drives headless Chromium against a running server
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("READMIT_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("READMIT_ARTIFACTS") or ROOT / "build") / "screenshots"

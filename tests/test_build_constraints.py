@@ -121,6 +121,7 @@ def test_the_container_test_env_runs_the_pinned_numeric_stack() -> None:
 
 
 @pytest.mark.parametrize("logical_id", makefile_functions())
+@pytest.mark.slow
 def test_every_lambda_zip_installs_through_the_lock_for_the_runtime(logical_id: str, tmp_path: Path) -> None:
     template = load_template(ROOT / "template.yaml")
     runtime = (
@@ -163,6 +164,7 @@ def test_the_dev_venv_and_the_container_test_env_install_through_the_lock() -> N
     assert re.search(r"^test:.*\btraining-env\b", (ROOT / "Makefile").read_text(), flags=re.MULTILINE)
 
 
+@pytest.mark.slow
 def test_the_lambda_build_resolves_the_pinned_stack_on_pypi(tmp_path: Path) -> None:
     """The API function's pip command exactly as `sam build` runs it, as a dry run against the index (PyPI): the
     runtime's platform tags must find wheels of the pinned versions. About 5-30 s, depending on the index."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chalicelib.features.encoding import FEATURE_NAMES
+from chalicelib.features.table import FEATURE_NAMES
 from chalicelib.model.bundle import CorruptBundle, IncompatibleBundle, ModelBundle
 from chalicelib.model.calibration import Calibrator
 

@@ -32,6 +32,7 @@ def resources_of(kind: str) -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.parametrize("function", CANARIED)
+@pytest.mark.slow
 def test_the_function_deploys_through_a_canary_that_its_alarms_roll_back(function: str) -> None:
     props = raw()["Resources"][function]["Properties"]
     assert props["AutoPublishAlias"] == "live"
@@ -48,6 +49,7 @@ def test_the_function_deploys_through_a_canary_that_its_alarms_roll_back(functio
     assert alias["Name"] == "live" and "UpdatePolicy" in translated()["Resources"][f"{function}Aliaslive"]
 
 
+@pytest.mark.slow
 def test_the_api_calls_the_alias_not_the_function() -> None:
     body = json.dumps(next(iter(resources_of("AWS::ApiGateway::RestApi").values()))["Properties"]["Body"])
     assert "ApiFunctionAliaslive" in body

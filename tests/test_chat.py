@@ -94,6 +94,7 @@ def reported(small_bundle: Path) -> list[dict[str, Any]]:
     return predict(api, chat_body()["encounter"])["top_factors"]
 
 
+@pytest.mark.slow
 def test_without_bedrock_the_template_states_risk_factors_and_similar_outcomes(
     small_bundle: Path, sample_index: Path
 ) -> None:
@@ -204,6 +205,7 @@ def slow_endpoint() -> Iterator[str]:
     server.server_close()
 
 
+@pytest.mark.slow
 def test_a_real_read_timeout_falls_back_as_timeout(small_bundle: Path, slow_endpoint: str) -> None:
     client = bedrock_client(read_timeout=0.3, region_name="us-east-1", endpoint_url=slow_endpoint)
     started = time.monotonic()
@@ -245,6 +247,7 @@ def test_an_untraced_guardrail_intervention_is_a_guardrail_fallback(small_bundle
     assert out["guardrail"] == {"stage": "unknown", "policies": []} and "Sorry" not in out["answer"]
 
 
+@pytest.mark.slow
 def test_predict_answers_while_bedrock_is_down(small_bundle: Path, slow_endpoint: str) -> None:
     client = bedrock_client(read_timeout=0.3, region_name="us-east-1", endpoint_url=slow_endpoint)
     api = make_api(small_bundle, None, Explainer(BedrockChat(MODEL_ID, client)))

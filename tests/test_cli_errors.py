@@ -39,6 +39,7 @@ def header(sample_csv: Path) -> str:
     return sample_csv.read_text().splitlines()[0]
 
 
+@pytest.mark.slow
 def test_a_markdown_file_as_data_is_not_a_uci_csv() -> None:
     one_line_error(readmit("data", "--offline", "--data", str(ROOT / "README.md")), "README.md", "not a UCI-format CSV")
 
@@ -48,23 +49,27 @@ def test_an_empty_csv_says_it_is_empty(tmp_path: Path) -> None:
     one_line_error(readmit("data", "--offline", "--data", str(tmp_path / "empty.csv")), "empty.csv", "is empty")
 
 
+@pytest.mark.slow
 def test_a_folder_as_data_says_it_is_a_folder(tmp_path: Path) -> None:
     one_line_error(readmit("data", "--offline", "--data", str(tmp_path)), "a folder")
 
 
 @pytest.mark.parametrize(("sep", "name"), [(";", "semicolon"), ("\t", "tab")])
+@pytest.mark.slow
 def test_another_delimiter_gets_a_hint(tmp_path: Path, header: str, sep: str, name: str) -> None:
     path = tmp_path / "other.csv"
     path.write_text(header.replace(",", sep) + "\n" + "1" + sep + "2\n")
     one_line_error(readmit("data", "--offline", "--data", str(path)), f"{name}-delimited")
 
 
+@pytest.mark.slow
 def test_predict_with_a_model_path_that_does_not_exist(tmp_path: Path, sample_csv: Path) -> None:
     done = readmit("predict", "--model", "/no/such/path", "--data", str(sample_csv), "--out", str(tmp_path / "o.csv"))
     one_line_error(done, "/no/such/path does not exist")
     assert "champion" not in done.stderr
 
 
+@pytest.mark.slow
 def test_an_unknown_version_lists_the_known_ones(tmp_path: Path, sample_csv: Path, small_bundle: Path) -> None:
     from chalicelib.registry.registry import Registry
 
@@ -75,10 +80,12 @@ def test_an_unknown_version_lists_the_known_ones(tmp_path: Path, sample_csv: Pat
     one_line_error(done, "no model version 'bogus' in registry", f"known: {small_bundle.name}")
 
 
+@pytest.mark.slow
 def test_serve_with_a_bad_model_path_fails_at_start(tmp_path: Path) -> None:
     one_line_error(readmit("serve", "--model", str(tmp_path / "nope"), "--port", "0"), "does not exist")
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_is_not_a_traceback() -> None:
     program = READMIT if READMIT.exists() else f"{sys.executable} -m chalicelib.cli.main"
     command = f"{program} features | true"  # the reader is gone before the first write
@@ -87,12 +94,13 @@ def test_a_closed_pipe_is_not_a_traceback() -> None:
 
 
 def test_an_unexpected_error_is_one_line_unless_debugging(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from chalicelib.cli import data
     from chalicelib.cli import main as cli
 
     def boom(_args: object) -> int:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_features", boom)
+    monkeypatch.setattr(data, "cmd_features", boom)
     monkeypatch.delenv("READMIT_DEBUG", raising=False)
     assert cli.main(["features"]) == 1
     err = capsys.readouterr().err
@@ -104,6 +112,7 @@ def test_an_unexpected_error_is_one_line_unless_debugging(monkeypatch: pytest.Mo
         cli.main(["features"])
 
 
+@pytest.mark.slow
 def test_a_ragged_row_is_marked_invalid_and_the_rest_is_scored(
     small_bundle: Path, sample_csv: Path, tmp_path: Path
 ) -> None:
@@ -121,6 +130,7 @@ def test_a_ragged_row_is_marked_invalid_and_the_rest_is_scored(
     assert sum(r["status"] == "scored" for r in rows) > 150
 
 
+@pytest.mark.slow
 def test_help_imports_no_heavy_library() -> None:
     code = (
         "import sys\nfrom chalicelib.cli import main as cli\n"
@@ -134,6 +144,7 @@ def test_help_imports_no_heavy_library() -> None:
     assert done.stderr.strip() == "[]", done.stderr
 
 
+@pytest.mark.slow
 def test_version_prints_the_package_version_and_the_local_champion(small_bundle: Path, tmp_path: Path) -> None:
     from importlib.metadata import version
 
@@ -147,6 +158,7 @@ def test_version_prints_the_package_version_and_the_local_champion(small_bundle:
                                         f"(registry {tmp_path / 'reg'})"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_training_prints_step_lines_when_stderr_is_not_a_terminal(sample_csv: Path, tmp_path: Path) -> None:
     done = readmit("train", "--data", str(sample_csv), "--out", str(tmp_path), "--trees", "20", "--folds", "2")
     assert done.returncode == 0, done.stderr
@@ -156,6 +168,7 @@ def test_training_prints_step_lines_when_stderr_is_not_a_terminal(sample_csv: Pa
     assert json.loads(done.stdout)["version"]  # piped: the summary stays JSON
 
 
+@pytest.mark.slow
 def test_tune_says_trial_k_of_n(sample_csv: Path) -> None:
     from chalicelib.model.tune import tune
 
@@ -164,6 +177,7 @@ def test_tune_says_trial_k_of_n(sample_csv: Path) -> None:
     assert [line for line in lines if line.startswith("trial")] == ["trial 1 of 2", "trial 2 of 2"]
 
 
+@pytest.mark.slow
 def test_evaluate_defaults_to_the_bundles_own_holdout(small_bundle: Path, sample_csv: Path) -> None:
     meta = json.loads((small_bundle / "model.json").read_text())
     done = readmit("evaluate", "--model", str(small_bundle), env={"READMIT_DATA": str(sample_csv)})
@@ -175,6 +189,7 @@ def test_evaluate_defaults_to_the_bundles_own_holdout(small_bundle: Path, sample
     assert "WARNING" not in done.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_warns_when_the_data_overlaps_the_training_patients(small_bundle: Path, sample_csv: Path) -> None:
     done = readmit("evaluate", "--model", str(small_bundle), "--data", str(sample_csv))
     assert done.returncode == 0, done.stderr
@@ -186,7 +201,7 @@ def test_evaluate_warns_when_the_data_overlaps_the_training_patients(small_bundl
 def test_summaries_are_aligned_text_on_a_terminal_and_json_with_the_flag(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     import argparse
 
-    from chalicelib.cli import main as cli
+    from chalicelib.cli import common as cli
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     summary = {"version": "v1", "roc_auc": 0.681234, "registry": {"champion": "v1"}, "reasons": ["a", "b"]}
@@ -198,6 +213,7 @@ def test_summaries_are_aligned_text_on_a_terminal_and_json_with_the_flag(monkeyp
     assert json.loads(capsys.readouterr().out) == summary
 
 
+@pytest.mark.slow
 def test_invoke_names_the_unset_variables_the_function_needs(capsys) -> None:  # type: ignore[no-untyped-def]
     from chalicelib.cli import main as cli
 

@@ -160,12 +160,14 @@ def served(small_bundle: Path, sample_index: Path, tmp_path_factory: pytest.Temp
 
 @schema.parametrize()
 @settings(deadline=timedelta(seconds=5))  # per request, with room for a shared 2-core machine (they take ~2 ms)
+@pytest.mark.slow
 def test_every_answer_conforms_to_the_openapi_document(case: schemathesis.Case, served: Served) -> None:
     if not _drops_security(case):
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {TOKEN}"}
     case.call_and_validate(base_url=served.url, checks=CHECKS)
 
 
+@pytest.mark.slow
 def test_the_parser_breakers_are_400s_over_http_too(served: Served) -> None:
     digits = sys.get_int_max_str_digits()
     for path in ("/predict", "/predict/batch", "/similar-patients", "/chat"):
@@ -175,6 +177,7 @@ def test_the_parser_breakers_are_400s_over_http_too(served: Served) -> None:
         assert status == 400 and f"more than {digits} digits" in out["details"][0]["message"], (path, out)
 
 
+@pytest.mark.slow
 def test_unknown_field_names_never_reach_the_server_log(served: Served) -> None:
     example = json.loads(json.loads((EVENTS / "api_predict.json").read_text())["body"])
     hostile = {"MRN 69384114 John Smith": 1, "K" * 60_000: 2, 'evil\n{"level":"ERROR"}\x1b[31m\u202e': 3}
@@ -193,6 +196,7 @@ def test_unknown_field_names_never_reach_the_server_log(served: Served) -> None:
     assert max(len(line) for line in logs.splitlines()) < 2000
 
 
+@pytest.mark.slow
 def test_the_rejection_statuses_are_schemathesis_defaults_plus_413_only() -> None:
     """REJECTED restates negative_data_rejection's default list: a schemathesis upgrade that changes it fails here."""
     from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES

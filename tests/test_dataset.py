@@ -169,6 +169,7 @@ def test_the_shipped_zip_has_the_expected_content_hash(data_path: Path) -> None:
     assert content_sha256(data_path) == CONTENT_SHA256
 
 
+@pytest.mark.slow
 def test_the_content_hash_ignores_line_endings_and_container(csv_text: str, tmp_path: Path) -> None:
     # GIVEN the CSV extracted with CRLF (as shipped), converted to LF, and gzipped
     assert "\r\n" in csv_text
@@ -188,6 +189,7 @@ def test_the_content_hash_changes_when_one_value_changes(csv_text: str, tmp_path
 
 
 # ---- download -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_download_fetches_verifies_and_caches_the_csv(
     data_path: Path, offline: Path, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,6 +217,7 @@ def test_download_fetches_verifies_and_caches_the_csv(
     assert server.requests == ["/uci.zip"]
 
 
+@pytest.mark.slow
 def test_a_download_whose_csv_was_altered_is_rejected_and_not_cached(
     csv_text: str, offline: Path, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -258,6 +261,7 @@ def test_a_download_that_is_not_a_zip_is_a_dataset_error(
         locate()
 
 
+@pytest.mark.slow
 def test_the_official_copy_is_kept_in_the_cache_where_a_clone_without_shared_finds_it(
     data_path: Path, offline: Path, tmp_path: Path
 ) -> None:

@@ -118,6 +118,7 @@ def test_manifests_exist_and_cover_the_expected_kinds() -> None:
 @pytest.mark.parametrize(
     "doc", [d for _, d in DOCUMENTS], ids=[f"{f}:{d['kind']}/{d['metadata']['name']}" for f, d in DOCUMENTS]
 )
+@pytest.mark.slow
 def test_every_document_is_valid_against_the_kubernetes_schema(doc: dict) -> None:
     assert _validate(doc) == K8S_VERSION
     if doc["kind"] != "Namespace":
@@ -159,6 +160,7 @@ def test_the_validator_rejects_broken_manifests() -> None:
         _validate(bad_probe)
 
 
+@pytest.mark.slow
 def test_validation_needs_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("schema validation tried to open a socket")
@@ -531,6 +533,7 @@ def _declared_skips() -> list[tuple[str, str]]:
     return skips
 
 
+@pytest.mark.slow
 def test_checkov_finds_no_failed_check_in_the_kubernetes_manifests() -> None:
     args = ["-d", str(K8S_DIR), "--framework", "kubernetes", "--skip-download", "--compact", "--quiet", "-o", "json"]
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}

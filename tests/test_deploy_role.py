@@ -442,11 +442,13 @@ def missing(statements: list[dict[str, Any]], stack: Stack) -> list[str]:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.slow
 def test_the_execution_role_allows_every_handler_permission_of_every_resource(variant: str) -> None:
     gaps = missing(_execution_role_statements(load_cfn(BOOTSTRAP)), _stack(variant))
     assert not gaps, "\n".join(gaps)
 
 
+@pytest.mark.slow
 def test_the_check_catches_the_ci_rollback_and_the_vpc_lookups() -> None:
     """Issue #14 item 2 as it was: without the event source mapping grant and the EC2 lookups, the check fails on
     exactly those (the VPC ones only when the functions are in a VPC)."""
@@ -470,6 +472,7 @@ def test_the_check_catches_the_ci_rollback_and_the_vpc_lookups() -> None:
     }
 
 
+@pytest.mark.slow
 def test_the_role_is_checked_against_the_resources_each_variant_creates() -> None:
     """The variants do switch the template's conditions (else the test above would prove little)."""
     kinds = {v: {r["Type"] for r in _stack(v).resources.values()} for v in VARIANTS}
@@ -499,6 +502,7 @@ def test_vpc_endpoints_are_only_for_services_the_role_names() -> None:
                 assert stack.resolve(r["Properties"]["ServiceName"]) in allowed, variant
 
 
+@pytest.mark.slow
 def test_every_allowance_has_a_reason_and_is_still_needed() -> None:
     used: set[Allowance] = set()
     for variant in VARIANTS:

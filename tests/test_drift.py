@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chalicelib.features import drift
-from chalicelib.features.encoding import FEATURE_NAMES
+from chalicelib.features.table import FEATURE_NAMES
 
 F = len(FEATURE_NAMES)
 AGE = FEATURE_NAMES.index("age_years")
@@ -38,6 +38,7 @@ def reference() -> tuple[dict, np.ndarray]:
     return json.loads(files[drift.PROFILE]), np.load(io.BytesIO(files[drift.SAMPLE]), allow_pickle=False)
 
 
+@pytest.mark.slow
 def test_the_same_distribution_shows_no_drift(reference: tuple[dict, np.ndarray]) -> None:
     X, risk = synthetic(5_000, seed=2)
     report = drift.compare(*reference, X, risk)
@@ -91,6 +92,7 @@ def test_every_bundle_carries_its_drift_reference(small_bundle: Path) -> None:
     assert sample.shape[1] == F and 0.15 < profile["high_risk_rate"] < 0.25
 
 
+@pytest.mark.slow
 def test_cli_drift_exits_1_on_a_shifted_file_and_0_on_a_plain_one(
     small_bundle: Path, data_path: Path, tmp_path: Path
 ) -> None:

@@ -17,6 +17,8 @@ from chalicelib.registry.registry import Registry
 from chalicelib.serving.api import ReadmitAPI, Request
 from chalicelib.serving.service import Predictor
 
+pytestmark = pytest.mark.slow  # detects drift on real traffic and starts a retraining
+
 
 def score_through_the_api(registry_dir: Path, log_dir: Path, csv: Path) -> int:
     api = ReadmitAPI(Predictor(ModelProvider(registry_uri=str(registry_dir)), None, LocalPredictionLog(log_dir)))

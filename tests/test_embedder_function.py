@@ -5,11 +5,11 @@ reports, and the chunked backfill."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from chalicelib.similar.embedding import LocalEmbedder
 from chalicelib.similar.ingest import Chunk, Ingestor, PoisonMessage, parse_message, report_key
 from chalicelib.similar.ingest_handler import make_handler
 from chalicelib.similar.qdrant_store import QdrantStore, qdrant_client
+from tests.helpers import FakeContext, load_event, load_function
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
@@ -36,19 +37,8 @@ REPORTS = "ingest-reports/"
 MAX_RECEIVE_COUNT = 3  # template.yaml's IngestQueue RedrivePolicy
 
 
-def event(name: str) -> dict[str, Any]:
-    return json.loads((EVENTS / name).read_text())
-
-
-class Context:
-    function_name = "readmit-embedder"
-    memory_limit_in_mb = 1024
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit-embedder"
-    aws_request_id = "fixture-embedder"
-
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 600_000
+event = load_event
+Context = partial(FakeContext, "readmit-embedder", aws_request_id="fixture-embedder")
 
 
 def in_cohort(frame: pd.DataFrame) -> int:
@@ -117,6 +107,7 @@ def world(raw_frame: pd.DataFrame) -> Iterator[World]:
         store.client.close()
 
 
+@pytest.mark.slow
 def test_a_batch_of_upload_notifications_indexes_every_valid_in_cohort_row_and_reports_bad_rows_to_s3(
     world: World,
 ) -> None:
@@ -137,6 +128,7 @@ def test_a_batch_of_upload_notifications_indexes_every_valid_in_cohort_row_and_r
     assert written["ServerSideEncryption"] == "aws:kms" and written["SSEKMSKeyId"] == world.kms_key
 
 
+@pytest.mark.slow
 def test_a_redelivered_message_creates_no_duplicate_points_reports_or_dead_letters(world: World) -> None:
     world.handler(event("embedder_sqs_batch.json"), Context())
     before, reports = world.store.count(), world.reports()
@@ -146,6 +138,7 @@ def test_a_redelivered_message_creates_no_duplicate_points_reports_or_dead_lette
     assert world.dead_letters() == []
 
 
+@pytest.mark.slow
 def test_a_new_upload_of_the_same_key_gets_its_own_report(world: World) -> None:
     world.handler(event("embedder_sqs_batch.json"), Context())
     buf = io.StringIO()
@@ -156,6 +149,7 @@ def test_a_new_upload_of_the_same_key_gets_its_own_report(world: World) -> None:
     assert len(keys) == 2 and all(k.startswith(f"{REPORTS}{BATCH_1}.") for k in keys)
 
 
+@pytest.mark.slow
 def test_poison_messages_fail_only_themselves_and_never_write_to_the_dlq(world: World) -> None:
     fixture = event("embedder_sqs_poison.json")
     response = world.handler(fixture, Context())
@@ -166,6 +160,7 @@ def test_poison_messages_fail_only_themselves_and_never_write_to_the_dlq(world: 
     assert world.dead_letters() == [] and world.reports() == {}
 
 
+@pytest.mark.slow
 def test_a_batch_of_only_poison_is_answered_with_every_item_failed_not_an_exception(world: World) -> None:
     fixture = event("embedder_sqs_poison.json")
     fixture["Records"] = fixture["Records"][1:]
@@ -202,6 +197,7 @@ def _deliver(world: World) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_sqs_redrive_moves_a_poison_message_to_the_dlq_after_max_receive_count(world: World) -> None:
     poison = event("embedder_sqs_poison.json")["Records"][2]["body"]  # an upload of a PDF
     world.sqs.send_message(QueueUrl=world.queue_url, MessageBody=poison)
@@ -230,6 +226,7 @@ class FlakyStore:
         self.store.upsert(*args)
 
 
+@pytest.mark.slow
 def test_a_transient_failure_fails_only_its_message_and_the_redelivery_recovers(world: World) -> None:
     world.ingestor.store = FlakyStore(world.store, outages=1)  # type: ignore[assignment]
     fixture = event("embedder_sqs_batch.json")
@@ -240,6 +237,7 @@ def test_a_transient_failure_fails_only_its_message_and_the_redelivery_recovers(
     assert world.store.count() == world.expected(BATCH_1, BATCH_2)
 
 
+@pytest.mark.slow
 def test_a_backfill_fans_out_into_chunk_messages_that_index_the_whole_file(world: World) -> None:
     assert world.handler(event("embedder_sqs_backfill.json"), Context()) == {"batchItemFailures": []}
     assert world.store.count() == 0  # nothing indexed by the fan-out itself
@@ -254,6 +252,7 @@ def test_a_backfill_fans_out_into_chunk_messages_that_index_the_whole_file(world
     assert world.store.count() == world.expected(TRAINING)
 
 
+@pytest.mark.slow
 def test_indexed_points_are_found_by_their_own_encounter_and_carry_no_identifier(world: World) -> None:
     world.handler(event("embedder_sqs_batch.json"), Context())
     frame = world.files[BATCH_2]
@@ -269,10 +268,7 @@ def test_indexed_points_are_found_by_their_own_encounter_and_carry_no_identifier
 
 
 def test_the_function_module_exposes_a_handler(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = importlib.util.spec_from_file_location("fn_embedder", ROOT / "functions" / "embedder" / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert callable(module.handler)
+    assert callable(load_function("embedder").handler)
 
 
 S3_RECORD = {
@@ -304,6 +300,7 @@ def test_messages_no_retry_can_fix_are_poison(body: str) -> None:
         parse_message(body)
 
 
+@pytest.mark.slow
 def test_a_deleted_object_is_poison_but_an_unreachable_bucket_is_retried(world: World) -> None:
     with pytest.raises(PoisonMessage, match="no longer exists"):
         world.ingestor.handle(json.dumps({"chunk": {"bucket": BUCKET, "key": "encounters/gone.csv"}}))
@@ -325,6 +322,7 @@ def test_report_keys_name_the_source_version_and_chunk_and_fit_s3s_key_limit() -
     assert len(key.encode()) <= 1024 and key.startswith("ingest-reports/sha256-") and key.endswith(".v1.json")
 
 
+@pytest.mark.slow
 def test_each_chunk_of_a_large_file_reports_its_own_bad_rows_under_its_own_key(world: World) -> None:
     frame = world.files[TRAINING].reset_index(drop=True).copy()
     frame.loc[150, "gender"] = "Zorblax"  # in the second chunk of 100 rows
@@ -340,6 +338,7 @@ def test_each_chunk_of_a_large_file_reports_its_own_bad_rows_under_its_own_key(w
     assert json.loads(raw)["bad_rows"] == [{"line": 152, "fields": ["gender"]}] and b"Zorblax" not in raw
 
 
+@pytest.mark.slow
 def test_without_an_s3_uri_reports_go_to_a_local_folder(world: World, tmp_path: Path) -> None:
     world.ingestor.report_uri = str(tmp_path / "reports")
     world.handler(event("embedder_sqs_batch.json"), Context())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,14 @@ from chalicelib.registry.provider import ModelProvider
 from chalicelib.serving.api import ReadmitAPI
 from chalicelib.serving.history_store import SQLiteHistoryStore
 from chalicelib.serving.service import Predictor
+from tests.helpers import FakeContext, load_event
 
-EVENT = json.loads((Path(__file__).resolve().parent.parent / "events" / "api_predict.json").read_text())
+EVENT = load_event("api_predict.json")
 # What template.yaml's alarms and dashboard read: namespace Readmit, dimension service=readmit.
 EXPECTED_UNITS = {"Predictions": "Count", "HighRiskPredictions": "Count", "LatencyMs": "Milliseconds"}
 
 
-class Context:
-    aws_request_id = "emf"
-    function_name = "readmit-api"
-    memory_limit_in_mb = 1024
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit-api"
+Context = partial(FakeContext, "readmit-api", aws_request_id="emf")
 
 
 class LambdaStdout(io.StringIO):

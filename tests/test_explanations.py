@@ -29,14 +29,9 @@ from chalicelib.data.schema import (
     parse_encounter,
 )
 from chalicelib.features import icd9
-from chalicelib.features.encoding import (
-    FEATURE_NAMES,
-    METFORMINS,
-    SULFONYLUREAS,
-    THIAZOLIDINEDIONES,
-    PatientHistory,
-    encode,
-)
+from chalicelib.features.encoding import encode
+from chalicelib.features.history import PatientHistory
+from chalicelib.features.table import FEATURE_NAMES, METFORMINS, SULFONYLUREAS, THIAZOLIDINEDIONES
 from chalicelib.model.bundle import ModelBundle
 from chalicelib.model.card import shap_importance
 from chalicelib.model.explain import (
@@ -433,6 +428,7 @@ def assert_true_of(record: dict[str, Any]) -> None:
             assert any(record.get(f) is None for f in fields), (cid, text)
 
 
+@pytest.mark.slow
 def test_property_real_encounters_every_concept_names_only_the_patients_categories(
     real_records: list[dict[str, Any]],
 ) -> None:

@@ -11,15 +11,10 @@ import pytest
 
 from chalicelib.data.schema import AT_DISCHARGE, IDENTIFIERS, MEDICATIONS, TARGET, columns_from_records, parse_encounter
 from chalicelib.data.tabular import Table, read_table, validate_frame
-from chalicelib.features.encoding import (
-    FEATURE_NAMES,
-    FEATURES,
-    HISTORY,
-    PatientHistory,
-    encode,
-    feature_spec_markdown,
-    history_in_file,
-)
+from chalicelib.features.docs import feature_spec_markdown
+from chalicelib.features.encoding import encode
+from chalicelib.features.history import PatientHistory, history_in_file
+from chalicelib.features.table import FEATURE_NAMES, FEATURES, HISTORY
 
 ROOT = Path(__file__).resolve().parent.parent
 HIST_NAMES = [f.name for f in FEATURES if f.sources == (HISTORY,)]
@@ -72,6 +67,7 @@ def test_encode_gives_one_float32_column_per_feature(sample_table: Table) -> Non
 
 
 # ---- no leakage -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_outcome_never_changes_the_features(sample_csv: Path, tmp_path: Path) -> None:
     # GIVEN the real sample, and a copy where every outcome is rotated (NO → <30 → >30 → NO)
     raw = pd.read_csv(sample_csv, dtype=str, keep_default_na=False)

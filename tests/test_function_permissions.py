@@ -15,6 +15,8 @@ from tests import iam_actions
 from tests.iam_actions import Grant, Need, compare, needs, role_grants, verdict
 from tests.replay import template
 
+pytestmark = pytest.mark.slow  # each function's code and role analysed (about a second a function, 40 s together)
+
 FUNCTIONS = template().functions()
 
 

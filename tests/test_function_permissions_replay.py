@@ -45,6 +45,7 @@ def test_the_recorder_sees_a_call_made_through_moto(recorder: Recorder) -> None:
 
 
 @pytest.mark.parametrize("name", FUNCTION_FIXTURES)
+@pytest.mark.slow
 def test_every_operation_a_replay_makes_was_found_statically(
     name: str, request: pytest.FixtureRequest, recorder: Recorder
 ) -> None:

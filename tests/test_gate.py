@@ -33,6 +33,7 @@ def scores(y: np.ndarray, noise: float, seed: int = 1) -> np.ndarray:
     return LogisticRegression().fit(view, y).predict_proba(view)[:, 1]
 
 
+@pytest.mark.slow
 def test_a_good_first_model_passes_the_floors(data) -> None:  # type: ignore[no-untyped-def]
     y, groups = data
     d = decide(y, scores(y, 0.0), 0.2, groups)
@@ -40,12 +41,14 @@ def test_a_good_first_model_passes_the_floors(data) -> None:  # type: ignore[no-
     assert "no champion yet" in d.reasons[-1] and d.churn is None
 
 
+@pytest.mark.slow
 def test_a_model_under_the_auc_floor_is_rejected(data) -> None:  # type: ignore[no-untyped-def]
     y, groups = data
     d = decide(y, scores(y, 20.0), 0.2, groups)
     assert not d.promote and any("below the floor" in r for r in d.reasons)
 
 
+@pytest.mark.slow
 def test_a_miscalibrated_model_is_rejected_even_when_it_ranks_well(data) -> None:  # type: ignore[no-untyped-def]
     y, groups = data
     inflated = np.clip(scores(y, 0.0) * 3, 0, 1)  # same ranking, probabilities three times too high
@@ -53,6 +56,7 @@ def test_a_miscalibrated_model_is_rejected_even_when_it_ranks_well(data) -> None
     assert not d.promote and any("miscalibrated" in r for r in d.reasons)
 
 
+@pytest.mark.slow
 def test_a_challenger_worse_than_the_champion_by_more_than_delta_is_rejected(data) -> None:  # type: ignore[no-untyped-def]
     y, groups = data
     d = decide(y, scores(y, 1.0, seed=2), 0.2, groups, scores(y, 0.0, seed=3), 0.2)
@@ -60,12 +64,14 @@ def test_a_challenger_worse_than_the_champion_by_more_than_delta_is_rejected(dat
     assert 0 <= d.churn <= 1
 
 
+@pytest.mark.slow
 def test_a_challenger_as_good_as_the_champion_is_promoted_and_churn_reported(data) -> None:  # type: ignore[no-untyped-def]
     y, groups = data
     d = decide(y, scores(y, 0.3, seed=4), 0.2, groups, scores(y, 0.3, seed=4), 0.2)
     assert d.promote and d.churn == 0.0 and any("not gating" in r for r in d.reasons)
 
 
+@pytest.mark.slow
 def test_a_subgroup_far_under_the_overall_auc_blocks_promotion(data) -> None:  # type: ignore[no-untyped-def]
     y, groups = data
     p = scores(y, 0.0)
@@ -76,6 +82,7 @@ def test_a_subgroup_far_under_the_overall_auc_blocks_promotion(data) -> None:  #
     assert any(r.startswith("fairness: race=AfricanAmerican") for r in d.reasons)
 
 
+@pytest.mark.slow
 def test_small_subgroups_are_not_judged(data) -> None:  # type: ignore[no-untyped-def]
     y, groups = data
     p = scores(y, 0.0)
@@ -96,6 +103,7 @@ def _relabel(groups: dict[str, np.ndarray], rows: np.ndarray, value: str) -> dic
     return dict(groups, race=race)
 
 
+@pytest.mark.slow
 def test_a_group_whose_low_auc_is_chance_passes_because_its_interval_reaches_the_bar(data) -> None:  # type: ignore[no-untyped-def]
     """350 random encounters scored by the same model as everyone: their AUC dips 0.11 under the overall by chance
     (a draw found once, fixed here). The old point rule rejected this good model; the interval overlaps."""
@@ -111,6 +119,7 @@ def test_a_group_whose_low_auc_is_chance_passes_because_its_interval_reaches_the
     assert d.challenger["subgroups"]["race"]["Asian"]["roc_auc_interval"][1] > overall - GateConfig().max_subgroup_gap
 
 
+@pytest.mark.slow
 def test_a_group_of_250_with_no_signal_fails_because_its_whole_interval_is_low(data) -> None:  # type: ignore[no-untyped-def]
     """Too small for the old fixed 300-encounter cut, so its harm went unseen; its interval is wholly low."""
     y, groups = data
@@ -124,6 +133,7 @@ def test_a_group_of_250_with_no_signal_fails_because_its_whole_interval_is_low(d
     assert d.challenger["subgroups"]["race"]["Asian"]["roc_auc_interval"][1] < d.challenger["roc_auc"] - 0.08
 
 
+@pytest.mark.slow
 def test_a_group_too_small_to_judge_is_reported_and_does_not_fail(data) -> None:  # type: ignore[no-untyped-def]
     y, groups = data
     p = scores(y, 0.0)
@@ -135,6 +145,7 @@ def test_a_group_too_small_to_judge_is_reported_and_does_not_fail(data) -> None:
     assert "race=Asian (n 60" in reason and "not gating" in reason
 
 
+@pytest.mark.slow
 def test_the_floor_applies_to_the_interval_upper_bound(data) -> None:  # type: ignore[no-untyped-def]
     """A large group with no signal: its whole interval lies under the 0.60 floor."""
     y, groups = data
@@ -145,6 +156,7 @@ def test_the_floor_applies_to_the_interval_upper_bound(data) -> None:  # type: i
     assert not d.promote and any("wholly below the floor 0.600" in r for r in d.reasons)
 
 
+@pytest.mark.slow
 def test_the_gate_resamples_patients_when_it_has_them(data) -> None:  # type: ignore[no-untyped-def]
     y, groups = data
     d = decide(y, scores(y, 0.0), 0.2, groups, patients=np.arange(N) // 3)

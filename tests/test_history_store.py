@@ -7,7 +7,6 @@ batch, whatever order the encounters were recorded in.
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from chalicelib.features.encoding import PatientHistory, history_in_file
+from chalicelib.features.history import PatientHistory, history_in_file
 from chalicelib.serving.history_store import (
     ENV_HISTORY,
     DynamoDBHistoryStore,
@@ -27,6 +26,7 @@ from chalicelib.serving.history_store import (
     SQLiteHistoryStore,
     open_history_store,
 )
+from tests.helpers import errors_in_threads
 
 DISCHARGES = (1, 3, 6, 22)
 
@@ -76,6 +76,7 @@ def test_history_before_an_encounter_sees_only_smaller_ids_even_when_recorded_ou
     assert store.history("p", None).as_row() == (3, 2, 14, 4, 1)
 
 
+@pytest.mark.slow
 def test_recording_the_same_encounter_twice_counts_it_once(store: HistoryStore) -> None:
     assert store.record("p", 5, encounter(los=4)) is True
     assert store.record("p", 5, encounter(los=4)) is False
@@ -95,6 +96,7 @@ def test_patients_are_isolated(store: HistoryStore) -> None:
     assert store.record("alice", 2, encounter()) is True
 
 
+@pytest.mark.slow
 def test_numpy_and_string_integers_are_accepted_as_the_batch_path_casts_them(store: HistoryStore) -> None:
     assert store.record("p", np.int64(7), encounter(admission=np.int64(1), los=np.float64(3.0))) is True  # type: ignore[arg-type]
     assert store.record("p", 7, encounter()) is False
@@ -113,6 +115,7 @@ def test_a_record_missing_a_history_field_is_rejected_and_nothing_is_stored(stor
     assert store.history("p", None).encounters == 0
 
 
+@pytest.mark.slow
 def test_online_history_equals_batch_history_for_every_encounter(store: HistoryStore) -> None:
     # GIVEN ~200 synthetic encounters over 30 patients, with unique encounter ids in random order
     rng = random.Random(20240501)
@@ -171,28 +174,18 @@ def test_sqlite_store_persists_across_instances(tmp_path: Path) -> None:
     second.close()
 
 
+@pytest.mark.slow
 def test_sqlite_store_is_safe_from_several_threads_at_once(tmp_path: Path) -> None:
     store = SQLiteHistoryStore(tmp_path / "history.sqlite3")
-    errors: list[BaseException] = []
-    start = threading.Barrier(4)
 
     def work(t: int) -> None:
-        try:
-            start.wait()
-            for k in range(50):
-                # each thread writes its own patient and a shared one, and reads while others write
-                store.record(f"own-{t}", k, encounter(los=1 + k % 14))
-                store.record("shared", t * 1000 + k, encounter(discharge=3))
-                store.history("shared", None)
-        except BaseException as exc:  # surfaced below, threads swallow exceptions otherwise
-            errors.append(exc)
+        for k in range(50):
+            # each thread writes its own patient and a shared one, and reads while others write
+            store.record(f"own-{t}", k, encounter(los=1 + k % 14))
+            store.record("shared", t * 1000 + k, encounter(discharge=3))
+            store.history("shared", None)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
+    errors = errors_in_threads(work, 4)
     assert errors == []
     assert store.history("shared", None).as_row() == (200, 200, 600, 0, 200)
     for t in range(4):
@@ -235,6 +228,7 @@ def test_dynamodb_store_builds_no_client_until_used() -> None:
     assert store._client is None
 
 
+@pytest.mark.slow
 def test_dynamodb_history_pages_through_large_histories() -> None:
     with mock_aws():
         client = boto3.client("dynamodb")

@@ -59,6 +59,7 @@ def lambda_call(route: str, body: bytes, model: Path | None = None, query: dict 
         (b'{"question": "\\udfff"}', "lone UTF-16 surrogate"),
     ],
 )
+@pytest.mark.slow
 def test_json_that_breaks_the_parser_is_a_400_naming_the_problem_on_the_lambda_path(
     route: str, body: bytes, words: str
 ) -> None:
@@ -159,6 +160,7 @@ _hostile = st.one_of(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=_hostile, route=st.sampled_from(ROUTES), ctype=st.sampled_from(["application/json", "text/plain"]))
+@pytest.mark.slow
 def test_any_body_gets_a_4xx_or_the_no_model_503_in_the_error_format_never_a_500(
     no_model_api: ReadmitAPI, body: bytes, route: str, ctype: str
 ) -> None:

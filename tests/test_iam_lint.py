@@ -127,6 +127,7 @@ def all_findings() -> list[Finding]:
     return out
 
 
+@pytest.mark.slow
 def test_parliament_finds_nothing_above_low_in_either_template() -> None:
     bad = failing(all_findings())
     assert not bad, "\n".join(f"{f.where}: {f.issue} {f.severity} {json.dumps(f.detail)[:400]}" for f in bad)

@@ -94,6 +94,7 @@ def test_the_environment_salt_is_used_when_none_is_given(home: Path, monkeypatch
     assert hash_id(5, "explicit", kind="patient") != hash_id(5, kind="patient")  # explicit wins
 
 
+@pytest.mark.slow
 def test_the_installation_salt_is_created_private_on_first_use_and_reused(home: Path) -> None:
     salt_file = home / "id_salt"
     assert not salt_file.exists()  # importing the module created nothing

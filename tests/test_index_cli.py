@@ -17,6 +17,7 @@ from chalicelib.similar.ingest import parse_message
 from chalicelib.similar.numpy_store import NumpyStore
 
 
+@pytest.mark.slow
 def test_index_builds_the_default_store_from_a_file(
     sample_csv: Path, sample_table: Table, capsys: pytest.CaptureFixture[str]
 ) -> None:

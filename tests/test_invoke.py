@@ -109,6 +109,7 @@ def test_parameters_resolve_to_their_defaults_and_resources_are_left_to_local_de
     assert spec.timeout == template().properties("StartTrainingFunction")["Timeout"]
 
 
+@pytest.mark.slow
 def test_a_parameter_override_wins_over_the_default() -> None:
     overridden = Template(ROOT / "template.yaml", parameters={"TrainingInstanceType": "ml.c5.2xlarge"})
     assert overridden.function("StartTrainingFunction").environment["READMIT_TRAINING_INSTANCE"] == "ml.c5.2xlarge"
@@ -131,6 +132,7 @@ def test_the_template_needs_the_dev_extra_and_says_so(monkeypatch: pytest.Monkey
 
 
 # ---- the command ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_command_prints_the_response_like_sam_local_invoke(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["invoke", "ApiFunction", "--event", str(EVENTS / "api_openapi.json")])
     out, err = capsys.readouterr()
@@ -324,6 +326,7 @@ SCENARIOS: dict[str, tuple[Scenario, Callable[[str, Any], None]]] = {
 
 
 @pytest.mark.parametrize("name", FIXTURES)
+@pytest.mark.slow
 def test_every_fixture_replays_through_its_target(name: str, request: pytest.FixtureRequest) -> None:
     target = template().fixture_target(EVENTS / name)
     assert target in template().resources, name

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 from chalicelib.data.schema import columns_from_records, parse_encounter
-from chalicelib.features.encoding import FEATURE_NAMES, encode
+from chalicelib.features.encoding import encode
+from chalicelib.features.table import FEATURE_NAMES
 from chalicelib.model.bundle import ModelBundle
 from chalicelib.model.train import TrainConfig, TrainResult, train
+
+pytestmark = pytest.mark.slow  # trains on the full data set (about 10 minutes on a loaded machine)
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,15 @@ import pytest
 import xgboost as xgb
 
 from chalicelib.core.storage import open_storage
-from chalicelib.features.encoding import FEATURE_NAMES
+from chalicelib.features.table import FEATURE_NAMES
 from chalicelib.model.bundle import PROBES, dmatrix, probe_rows, write_bundle
 from chalicelib.model.calibration import fit
 from chalicelib.registry import model_check
 from chalicelib.registry.model_check import InvalidModel, ValidatorUnavailable, check_bundle
 from chalicelib.registry.registry import Registry
 from tests.test_server_e2e import Server, example, start_server
+
+pytestmark = pytest.mark.slow  # scores broken models in child processes and servers (about 90 s together)
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("truncated", "empty", "bit-flipped")

@@ -3,16 +3,15 @@ raises DriftDetected in EMF; an unshifted one does not."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from chalicelib.batch.local import score_table
 from chalicelib.core.audit import AuditRecord, S3PredictionLog
@@ -20,22 +19,16 @@ from chalicelib.data.simulate import shift_file
 from chalicelib.data.tabular import read_table
 from chalicelib.model.bundle import ModelBundle
 from chalicelib.registry.registry import Registry
+from tests.helpers import FakeContext, load_event, load_function, moto_s3
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Context:
-    function_name = "readmit-drift-monitor"
-    memory_limit_in_mb = 1024
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:readmit-drift-monitor"
-    aws_request_id = "fixture"
+Context = partial(FakeContext, "readmit-drift-monitor")
 
 
 def handler() -> Any:
-    spec = importlib.util.spec_from_file_location("fn_drift_monitor", ROOT / "functions" / "drift_monitor" / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.handler
+    return load_function("drift_monitor").handler
 
 
 def audit_records(model: ModelBundle, csv: Path, at: datetime) -> list[AuditRecord]:
@@ -52,10 +45,7 @@ def audit_records(model: ModelBundle, csv: Path, at: datetime) -> list[AuditReco
 def aws(monkeypatch: pytest.MonkeyPatch, small_bundle: Path) -> Iterator[Registry]:
     monkeypatch.setenv("READMIT_REGISTRY", "s3://models/registry")
     monkeypatch.setenv("READMIT_PREDICTION_LOG", "s3://predictions/log")
-    with mock_aws():
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="models")
-        s3.create_bucket(Bucket="predictions")
+    with moto_s3("models", "predictions"):
         registry = Registry.open("s3://models/registry")
         registry.register(small_bundle)
         registry.promote(small_bundle.name, "test champion")
@@ -70,6 +60,7 @@ def emf(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("shift", "drifted"), [("none", 0.0), ("utilisation", 1.0)])
+@pytest.mark.slow
 def test_the_monitor_publishes_drift_metrics_for_the_last_day(
     aws: Registry, small_bundle: Path, data_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     shift: str, drifted: float,
@@ -81,7 +72,7 @@ def test_the_monitor_publishes_drift_metrics_for_the_last_day(
     log.append(audit_records(ModelBundle.load(small_bundle), csv, now - timedelta(hours=2)))
     log.append(audit_records(ModelBundle.load(small_bundle), csv, now - timedelta(days=3))[:50])  # outside the window
 
-    event = json.loads((ROOT / "events" / "drift_monitor_daily.json").read_text())
+    event = load_event("drift_monitor_daily.json")
     result = handler()(event, Context())
     metrics = emf(capsys)
 
@@ -94,13 +85,15 @@ def test_the_monitor_publishes_drift_metrics_for_the_last_day(
         assert metrics["RiskPSI"] > 0.2
 
 
+@pytest.mark.slow
 def test_without_predictions_the_monitor_says_so_and_does_not_alarm(
     aws: Registry, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = handler()(json.loads((ROOT / "events" / "drift_monitor_daily.json").read_text()), Context())
+    result = handler()(load_event("drift_monitor_daily.json"), Context())
     assert result["status"] == "too few predictions" and emf(capsys)["DriftDetected"] == 0.0
 
 
+@pytest.mark.slow
 def test_matured_predictions_joined_to_uploaded_outcomes_publish_realized_auc(
     aws: Registry, small_bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -126,7 +119,7 @@ def test_matured_predictions_joined_to_uploaded_outcomes_publish_realized_auc(
     )
     boto3.client("s3").put_object(Bucket="predictions", Key="outcomes/2026-11.csv", Body=outcomes.encode())
 
-    result = handler()(json.loads((ROOT / "events" / "drift_monitor_daily.json").read_text()), Context())
+    result = handler()(load_event("drift_monitor_daily.json"), Context())
     metrics = emf(capsys)
 
     assert result["performance"]["label_coverage"] == pytest.approx(0.75)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -76,3 +78,32 @@ def test_the_outcome_store_keeps_only_hashes_and_the_last_label_wins(tmp_path: P
     store.add(parse_outcomes([{"encounter_id": 424242, "readmitted": "<30"}])[0])
     assert store.labels() == {hash_id(424242, kind="encounter"): True}
     assert "424242" not in (tmp_path / "outcomes.jsonl").read_text()
+
+
+def test_realized_auc_is_scikit_learns_without_scikit_learn() -> None:
+    """The drift monitor's Lambda package has no scikit-learn: the realized AUC is computed by ranks, ties included."""
+    from sklearn.metrics import roc_auc_score
+
+    from chalicelib.model.calibration import roc_auc
+
+    rng = np.random.default_rng(7)
+    y = rng.random(500) < 0.2
+    p = np.round(rng.beta(2, 8, 500) + 0.2 * y, 2)  # rounded: many ties
+    assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert roc_auc(np.zeros(5, dtype=bool), p[:5]) is None
+
+
+@pytest.mark.slow
+def test_realized_needs_no_scikit_learn(tmp_path: Path) -> None:
+    code = (
+        "import sys\nsys.modules['sklearn'] = None\n"  # import sklearn now raises ImportError, as on Lambda
+        "from datetime import UTC, datetime, timedelta\n"
+        "from chalicelib.core.audit import LocalPredictionLog\n"
+        "from chalicelib.monitoring.outcomes import realized\n"
+        f"log = LocalPredictionLog({str(tmp_path / 'log')!r})\n"
+        "now = datetime.now(UTC)\n"
+        "print(realized(log, {}, now - timedelta(days=60), now)['predictions'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"

@@ -11,7 +11,7 @@ import pytest
 
 from chalicelib.batch.local import predict_file
 from chalicelib.data import schema, tabular
-from chalicelib.features import encoding as features
+from chalicelib.features import history as features
 from chalicelib.model.bundle import ModelBundle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def messy_csv(sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def _numbers_by_row_parser(col: schema.Column, uniques: list[str], nullable: bool) -> tuple[np.ndarray, np.ndarray]:
     """What the code did before: every distinct text through ``parse_value``."""
     parsed = [schema.parse_value(col, u) for u in uniques]
-    ok = [p is None or (nullable and schema._is_missing(u)) for u, (_, p) in zip(uniques, parsed, strict=True)]
+    ok = [p is None or (nullable and schema.is_missing(u)) for u, (_, p) in zip(uniques, parsed, strict=True)]
     return np.array(ok, dtype=bool), np.array([np.nan if v is None else v for v, _ in parsed], dtype=np.float64)
 
 
@@ -123,6 +123,7 @@ def test_validation_parses_each_id_without_the_row_parser(sample_csv: Path, monk
     assert calls < table.n_rows // 4, calls
 
 
+@pytest.mark.slow
 def test_predict_does_not_import_scikit_learn(small_bundle: Path, sample_csv: Path, tmp_path: Path) -> None:
     """xgboost imports sklearn (~0.7 s) for estimators readmit never uses; predict's process goes without."""
     out = tmp_path / "o.csv"

@@ -125,6 +125,7 @@ def stream_log(client: Any, **kw: Any) -> FirehosePredictionLog:
 
 
 # ---- writing ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_appended_records_reach_moto_firehose_as_json_lines() -> None:
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
@@ -287,6 +288,7 @@ def test_on_lambda_without_the_post_invoke_hook_each_append_sends(monkeypatch: p
 @pytest.mark.parametrize(
     ("gzip_objects", "extension"), [(True, None), (True, ".jsonl.gz"), (False, None)], ids=["gz", "jsonl.gz", "plain"]
 )
+@pytest.mark.slow
 def test_s3_log_reads_firehose_objects(s3: Any, gzip_objects: bool, extension: str | None) -> None:
     delivery = Delivery(s3, "audit", gzip_objects, extension)
     log = stream_log(delivery)
@@ -300,6 +302,7 @@ def test_s3_log_reads_firehose_objects(s3: Any, gzip_objects: bool, extension: s
     assert sorted(r.request_id for r in reader.read(NOON, NOON + timedelta(hours=1))) == ["f1", "f2", "own"]
 
 
+@pytest.mark.slow
 def test_records_filed_under_a_neighbouring_days_partition_are_found(s3: Any) -> None:
     delivery = Delivery(s3, "audit")
     log = stream_log(delivery)
@@ -420,6 +423,7 @@ def extensions_api() -> Iterator[ExtensionsApi]:
     api.close()
 
 
+@pytest.mark.slow
 def test_the_extension_flushes_after_the_handler_returns_and_before_asking_for_the_next_event(
     extensions_api: ExtensionsApi,
 ) -> None:
@@ -453,6 +457,7 @@ def test_the_extension_flushes_after_the_handler_returns_and_before_asking_for_t
     assert [r.request_id for r in client.records()] == ["inv-1", "inv-2"] and hooks.unsignalled == 0
 
 
+@pytest.mark.slow
 def test_an_invocation_that_never_signals_is_flushed_at_its_deadline(extensions_api: ExtensionsApi) -> None:
     hooks = PostInvoke(runtime_api=extensions_api.address)
     hooks.start(env={})
@@ -465,6 +470,7 @@ def test_an_invocation_that_never_signals_is_flushed_at_its_deadline(extensions_
     assert extensions_api.events[-2:] == ["put", "next#2"] and hooks.unsignalled == 1
 
 
+@pytest.mark.slow
 def test_when_registration_fails_the_flush_runs_before_the_response() -> None:
     api = ExtensionsApi(register_status=403)
     try:
@@ -482,6 +488,7 @@ def test_when_registration_fails_the_flush_runs_before_the_response() -> None:
     assert unreachable.start(env={}) == "sync"
 
 
+@pytest.mark.slow
 def test_when_the_api_stops_answering_the_extension_reports_and_falls_back(extensions_api: ExtensionsApi) -> None:
     hooks = PostInvoke(runtime_api=extensions_api.address)
     hooks.start(env={})

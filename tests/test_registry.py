@@ -7,9 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from chalicelib.core.storage import LocalStorage, S3Storage, Storage, StorageKeyNotFound, open_storage
 from chalicelib.registry.registry import (
@@ -18,6 +16,7 @@ from chalicelib.registry.registry import (
     UnknownVersionError,
     VersionExistsError,
 )
+from tests.helpers import moto_s3
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 
@@ -27,9 +26,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
     if request.param == "local":
         yield LocalStorage(tmp_path / "registry")
         return
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="models")
+    with moto_s3("models") as client:
         yield S3Storage("models", "registry", client)
 
 
@@ -77,6 +74,7 @@ def bundle_bytes(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_registered_bundle_round_trips_byte_for_byte(registry: Registry, tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path, "v1")
 
@@ -92,6 +90,7 @@ def test_a_registered_bundle_round_trips_byte_for_byte(registry: Registry, tmp_p
     assert registry.history()[0]["event"] == "registered"
 
 
+@pytest.mark.slow
 def test_the_layout_is_models_aliases_and_history_on_every_backend(
     registry: Registry, storage: Storage, tmp_path: Path
 ) -> None:
@@ -115,6 +114,7 @@ def test_the_layout_is_models_aliases_and_history_on_every_backend(
 
 
 @pytest.mark.parametrize("damage", ["tamper", "delete", "unlisted"])
+@pytest.mark.slow
 def test_a_corrupt_bundle_is_refused_before_anything_is_written(
     registry: Registry, storage: Storage, tmp_path: Path, damage: str
 ) -> None:
@@ -133,6 +133,7 @@ def test_a_corrupt_bundle_is_refused_before_anything_is_written(
     assert registry.list_versions() == []
 
 
+@pytest.mark.slow
 def test_an_existing_version_cannot_be_overwritten(registry: Registry, storage: Storage, tmp_path: Path) -> None:
     registry.register(make_bundle(tmp_path, "v1", seed="original"))
     stored = storage.read_bytes("models/v1/model.json")
@@ -163,6 +164,7 @@ def test_a_tampered_artifact_is_refused_on_download(registry: Registry, storage:
     assert not dest.exists() or list(dest.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_missing_artifact_is_refused_on_download(registry: Registry, tmp_path: Path) -> None:
     registry.register(make_bundle(tmp_path, "v1"))
     # Rewrite the stored manifest so it lists a file the version never stored.
@@ -192,6 +194,7 @@ def test_a_verified_local_copy_is_reused_and_a_damaged_one_is_replaced(
     assert bundle_bytes(folder) == bundle_bytes(bundle)
 
 
+@pytest.mark.slow
 def test_promotion_records_the_previous_champion_in_history_order(registry: Registry, tmp_path: Path) -> None:
     for version in ("v1", "v2", "v3"):
         registry.register(make_bundle(tmp_path, version))
@@ -231,6 +234,7 @@ def test_extra_fields_cannot_rewrite_the_event(registry: Registry, tmp_path: Pat
     assert registry.champion() is None
 
 
+@pytest.mark.slow
 def test_the_alias_etag_changes_after_promotion_without_downloading(storage: Storage, tmp_path: Path) -> None:
     spy = SpyStorage(storage)
     registry = Registry(spy)
@@ -265,6 +269,7 @@ def test_an_unknown_version_cannot_be_aliased(registry: Registry, storage: Stora
         registry.manifest("nope")
 
 
+@pytest.mark.slow
 def test_an_upload_that_dies_midway_leaves_no_visible_version(storage: Storage, tmp_path: Path) -> None:
     class DiesOnThirdWrite(SpyStorage):
         writes = 0
@@ -296,6 +301,7 @@ def test_a_half_uploaded_version_is_not_listed_and_can_be_retried(
     assert registry.list_versions() == ["v1", "v2"]
 
 
+@pytest.mark.slow
 def test_a_missing_key_raises_a_key_error_and_has_no_etag(storage: Storage) -> None:
     with pytest.raises(StorageKeyNotFound) as raised:
         storage.read_bytes("aliases/champion.json")
@@ -316,10 +322,9 @@ def test_listing_is_recursive_sorted_and_prefix_scoped(storage: Storage) -> None
     assert storage.list("missing/") == []
 
 
+@pytest.mark.slow
 def test_an_s3_prefix_does_not_see_sibling_prefixes() -> None:
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="models")
+    with moto_s3("models") as client:
         client.put_object(Bucket="models", Key="registry-old/models/v0/manifest.json", Body=b"{}")
 
         assert Registry.open("s3://models/registry", s3_client=client).list_versions() == []

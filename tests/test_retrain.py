@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from chalicelib.lifecycle.gate import GateConfig
 from chalicelib.lifecycle.retrain import retrain
 from chalicelib.model.train import TrainConfig
@@ -14,6 +16,7 @@ def small() -> TrainConfig:
     return TrainConfig(n_estimators=60, folds=3, baselines=False)
 
 
+@pytest.mark.slow
 def test_first_retrain_promotes_and_a_worse_gate_outcome_keeps_the_champion(sample_csv: Path, tmp_path: Path) -> None:
     registry = Registry.open(tmp_path / "registry")
 
@@ -85,6 +88,7 @@ def test_retrain_remote_without_a_state_machine_says_what_is_missing(capsys) -> 
     assert "--state-machine" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_evaluation_set_is_exactly_the_patients_training_held_out(sample_csv: Path, tmp_path: Path) -> None:
     import numpy as np
 

@@ -26,6 +26,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, sample_csv: Path, model_tarball: bytes)
         yield s3
 
 
+@pytest.mark.slow
 def test_start_training_creates_a_sagemaker_job_of_our_image_encrypted_with_the_stacks_key(aws: Any) -> None:
     out = run("StartTrainingFunction", "retrain_start_training.json")
     job = boto3.client("sagemaker").describe_training_job(TrainingJobName=out["job_name"])
@@ -35,6 +36,7 @@ def test_start_training_creates_a_sagemaker_job_of_our_image_encrypted_with_the_
     assert job["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"].endswith("diabetic_data.csv")
 
 
+@pytest.mark.slow
 def test_check_training_reports_the_job_status_and_artifact(aws: Any) -> None:
     started = run("StartTrainingFunction", "retrain_start_training.json")
     event = {**fixture("retrain_check_training.json"), "training": started}
@@ -42,6 +44,7 @@ def test_check_training_reports_the_job_status_and_artifact(aws: Any) -> None:
     assert status["job_name"] == started["job_name"] and status["status"] in ("InProgress", "Completed")
 
 
+@pytest.mark.slow
 def test_a_bad_execution_input_is_refused_by_name(aws: Any) -> None:
     from pydantic import ValidationError
 
@@ -49,6 +52,7 @@ def test_a_bad_execution_input_is_refused_by_name(aws: Any) -> None:
         run("StartTrainingFunction", {**fixture("retrain_start_training.json"), "trigger": "cron"})
 
 
+@pytest.mark.slow
 def test_evaluate_registers_the_challenger_and_returns_a_gate_decision(aws: Any) -> None:
     out = run("EvaluateFunction", "retrain_evaluate.json")
     registry = Registry.open("s3://readmit-models-dev/registry")
@@ -61,6 +65,7 @@ GATE = ("min_auc", "max_auc_drop", "max_ece")
 STACK_GATE = {"READMIT_GATE_MIN_AUC": "0.99", "READMIT_GATE_MAX_AUC_DROP": "0.25", "READMIT_GATE_MAX_ECE": "0.5"}
 
 
+@pytest.mark.slow
 def test_an_execution_without_a_gate_is_judged_by_the_stacks_thresholds(aws: Any) -> None:
     event = fixture("retrain_evaluate.json")
     assert "gate" not in event  # as `readmit retrain --remote` and a console StartExecution send it
@@ -69,6 +74,7 @@ def test_an_execution_without_a_gate_is_judged_by_the_stacks_thresholds(aws: Any
     assert out["promote"] is False and any("below the floor 0.990" in r for r in out["reasons"])
 
 
+@pytest.mark.slow
 def test_an_executions_gate_overrides_the_stacks_thresholds_field_by_field(aws: Any) -> None:
     out = run("EvaluateFunction", {**fixture("retrain_evaluate.json"), "gate": {"min_auc": 0.5}}, **STACK_GATE)
     assert {k: out["config"][k] for k in GATE} == {"min_auc": 0.5, "max_auc_drop": 0.25, "max_ece": 0.5}
@@ -84,6 +90,7 @@ def test_the_gate_settings_are_numbers_or_the_step_says_which_is_not() -> None:
         gate_config({}, {"READMIT_GATE_MIN_AUC": "high"})
 
 
+@pytest.mark.slow
 def test_promote_then_reject_change_the_champion_only_on_promotion(aws: Any) -> None:
     decision = run("EvaluateFunction", "retrain_evaluate.json")
     decision["promote"] = True
@@ -99,11 +106,13 @@ def test_promote_then_reject_change_the_champion_only_on_promotion(aws: Any) -> 
     assert last["event"] == "rejected" and last["trigger"] == "drift" and "trails the champion" in last["reason"]
 
 
+@pytest.mark.slow
 def test_promote_refuses_a_decision_that_failed_the_gate(aws: Any) -> None:
     with pytest.raises(ValueError, match="did not pass"):
         run("PromoteFunction", "retrain_reject.json")
 
 
+@pytest.mark.slow
 def test_the_light_steps_do_not_import_the_training_stack() -> None:
     import subprocess
     import sys

@@ -29,6 +29,8 @@ from chalicelib.model import sagemaker_train
 from chalicelib.model.bundle import ModelBundle
 from chalicelib.model.train import holdout_split, prepare
 
+pytestmark = pytest.mark.slow  # runs the SageMaker entry point, training, in the image's Python
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "deploy" / "training" / "Dockerfile"
 TRAINING_ENV_PYTHON = ROOT / ".tools" / "training" / "bin" / "python"
@@ -229,7 +231,7 @@ def test_the_toolkit_variables_still_work(image_interpreter: Path, sample_csv: P
         "SM_OUTPUT_DIR": str(output),
         "SM_HPS": json.dumps({"n_estimators": 20, "folds": 2, "baselines": False, "holdout_frac": 0.2, "seed": 7}),
     }
-    script = ROOT / "chalicelib" / "sagemaker_train.py"
+    script = ROOT / "chalicelib" / "model" / "sagemaker_train.py"
     args = ["--n_estimators", "20", "--seed", "7"]
     common = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 300}
     done = subprocess.run([image_interpreter, script, *args], env=container_env(**env), **common)

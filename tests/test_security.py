@@ -71,6 +71,7 @@ def failed_checks(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(c["check_id"], c["resource"], c["check_name"]) for c in report["results"].get("failed_checks", [])]
 
 
+@pytest.mark.slow
 def test_checkov_finds_no_failed_check_and_skips_only_what_the_template_declares(template: dict[str, Any]) -> None:
     report = run_checkov("-f", str(TEMPLATE), "--framework", "cloudformation")
     assert not failed_checks(report), failed_checks(report)
@@ -79,6 +80,7 @@ def test_checkov_finds_no_failed_check_and_skips_only_what_the_template_declares
 
 
 @pytest.mark.parametrize("path", BOOTSTRAP, ids=lambda p: p.name)
+@pytest.mark.slow
 def test_checkov_passes_the_bootstrap_template_with_declared_skips_only(path: Path) -> None:
     """CI never scanned the bootstrap template (issue #14): it is held to the same bar as template.yaml."""
     report = run_checkov("-f", str(path), "--framework", "cloudformation")
@@ -91,6 +93,7 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 WORKFLOW_SKIP = re.compile(r"#\s*checkov:skip=(CKV2?_[A-Z]+_\d+):(.*)")
 
 
+@pytest.mark.slow
 def test_checkov_passes_the_github_workflows_with_declared_skips_only() -> None:
     """Workflows take their skips as `# checkov:skip=ID: reason` comments (YAML has no Metadata to put them in)."""
     report = run_checkov("-d", str(WORKFLOWS), "--framework", "github_actions")
@@ -125,6 +128,7 @@ def _as_list(value: Any) -> list[Any]:
 
 
 @pytest.mark.parametrize("path", [TEMPLATE, *BOOTSTRAP], ids=lambda p: p.name)
+@pytest.mark.slow
 def test_no_policy_allows_every_action_on_every_resource(path: Path) -> None:
     found = list(statements(load_template(path)["Resources"]))
     assert len(found) > 5  # the walk does see the policies

@@ -26,6 +26,8 @@ import pytest
 from chalicelib.model.train import TrainConfig, train
 from chalicelib.registry.registry import Registry
 
+pytestmark = pytest.mark.slow  # real HTTP servers in subprocesses (a minute and more together)
+
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -111,6 +111,7 @@ def predict(api: ReadmitAPI, body: dict[str, Any], request_id: str) -> Any:
 
 
 # ---- the request path ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_response_is_the_champions_alone_and_identical_with_or_without_a_shadow(world: Any) -> None:
     plain, shadowed = world(with_shadow=False, folder="plain"), world()
     for i in range(3):
@@ -122,6 +123,7 @@ def test_the_response_is_the_champions_alone_and_identical_with_or_without_a_sha
     assert not any(e.startswith("challenger") for e in shadowed.events)  # nothing scored on the request path
 
 
+@pytest.mark.slow
 def test_on_lambda_the_challenger_scores_after_the_response_and_both_records_share_the_request(world: Any) -> None:
     w = world()
     assert w.scorer.mode == "deferred" and w.hooks.flushes == [w.scorer.flush]
@@ -437,6 +439,7 @@ def real_encounters(sample_csv: Path, n: int) -> list[dict[str, Any]]:
     return [{k: int(v) if k in numbers and v not in ("", "?") else v for k, v in row.items()} for row in rows]
 
 
+@pytest.mark.slow
 def test_end_to_end_shadow_then_report_then_promote_swaps_the_running_server(
     small_bundle: Path,
     challenger_bundle: Path,
@@ -528,6 +531,7 @@ def test_end_to_end_shadow_then_report_then_promote_swaps_the_running_server(
         server.process.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_the_model_tab_shows_no_shadow_model_then_the_shadow_table(
     small_bundle: Path,
     challenger_bundle: Path,

@@ -13,6 +13,8 @@ import pytest
 from chalicelib.registry.registry import Registry
 from tests.test_server_e2e import EVENTS, Server, start_server
 
+pytestmark = pytest.mark.slow  # a real HTTP server over a trained model and an index
+
 
 @pytest.fixture(scope="module")
 def server(small_bundle: Path, sample_index: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

@@ -31,6 +31,8 @@ from chalicelib.registry.registry import Registry
 from chalicelib.serving import auth
 from tests.test_server_e2e import Server, example, free_port, start_server
 
+pytestmark = pytest.mark.slow  # starts API servers over a trained model (about 40 s of fixtures)
+
 REGION = "us-east-1"
 STACK = "readmit-dev"
 KEY_VALUE = "SmokeKeyValue-must-never-be-printed-0123456789"  # API Gateway key values are at least 20 characters

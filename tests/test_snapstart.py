@@ -179,6 +179,7 @@ def test_the_snapshot_holds_the_loaded_champion_so_the_first_request_after_a_res
     assert loads == [registry.champion()]  # the first request after the restore loaded nothing
 
 
+@pytest.mark.slow
 def test_a_champion_promoted_after_the_snapshot_answers_the_first_request_after_a_restore(
     runtime: FakeRuntime, small_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loads: list[str]
 ) -> None:

@@ -123,6 +123,7 @@ def test_the_retraining_workflow_is_among_the_state_machines() -> None:
 
 
 @pytest.mark.parametrize("machine", MACHINES, ids=[m.name for m in MACHINES])
+@pytest.mark.slow
 def test_asl_validator_accepts_every_state_machine_with_its_placeholders_substituted(
     machine: Path, asl_validator: Path, tmp_path: Path
 ) -> None:
@@ -151,6 +152,7 @@ def _resource_that_is_not_an_arn(d: dict[str, Any]) -> None:
     ],
     ids=["next-to-missing-state", "task-without-resource", "resource-not-an-arn"],
 )
+@pytest.mark.slow
 def test_asl_validator_rejects_a_deliberately_broken_copy(
     breakage: Any, expected: str, asl_validator: Path, tmp_path: Path
 ) -> None:
@@ -194,7 +196,7 @@ def test_every_task_retries_transient_errors_and_catches_everything_into_notify_
         assert timeout and timeout[0]["MaxAttempts"] == 1, name
         assert "TimeoutSeconds" in task, f"{name}: States.Timeout can only happen with a TimeoutSeconds"
         if is_lambda_task(task):
-            transient = [r for r in retriers if set(r["ErrorEquals"]) == LAMBDA_TRANSIENT]
+            transient = [r for r in retriers if set(r["ErrorEquals"]) >= LAMBDA_TRANSIENT]
             assert transient, name
             assert (transient[0]["IntervalSeconds"], transient[0]["BackoffRate"], transient[0]["MaxAttempts"]) == (
                 2,
@@ -204,12 +206,12 @@ def test_every_task_retries_transient_errors_and_catches_everything_into_notify_
         else:  # SNS: retried on any task failure
             assert any(r["ErrorEquals"] == ["States.TaskFailed"] for r in retriers), name
         catchers = task.get("Catch", [])
-        assert [c["ErrorEquals"] for c in catchers] == [["States.ALL"]], name
+        assert catchers[-1]["ErrorEquals"] == ["States.ALL"], name  # the step's permanent errors by name before it
         if name == "NotifyFailure":
             assert catchers[0]["Next"] == "Failed"
             assert catchers[0]["ResultPath"] != "$.error", "the original error must survive a failed notification"
         else:
-            assert (catchers[0]["Next"], catchers[0]["ResultPath"]) == ("NotifyFailure", "$.error"), name
+            assert {(c["Next"], c["ResultPath"]) for c in catchers} == {("NotifyFailure", "$.error")}, name
 
 
 def test_every_state_is_reachable_and_every_transition_targets_a_state() -> None:
@@ -428,6 +430,7 @@ def decision(promote: bool, reasons: list[str]) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_completed_training_that_passes_the_gate_is_promoted_and_announced(stack: Stack) -> None:
     promoted = decision(True, ["ROC AUC 0.672 vs champion 0.664"])
     queue_lambda_results(STARTED, IN_PROGRESS, COMPLETED, promoted, {"champion": CHALLENGER, "promoted": CHALLENGER})
@@ -457,6 +460,7 @@ def test_completed_training_that_passes_the_gate_is_promoted_and_announced(stack
     assert message["MessageAttributes"]["execution"]["Value"] == run.arn
 
 
+@pytest.mark.slow
 def test_a_challenger_that_fails_the_gate_is_rejected_and_the_reasons_are_announced(stack: Stack) -> None:
     reasons = ["ROC AUC 0.655 is below the champion's 0.664 minus 0.005", "race=AfricanAmerican: AUC 0.590 < 0.600"]
     rejected = decision(False, reasons)
@@ -479,6 +483,7 @@ def test_a_challenger_that_fails_the_gate_is_rejected_and_the_reasons_are_announ
     assert message["Subject"] == f"readmit retraining (drift): challenger {CHALLENGER} promote=false"
 
 
+@pytest.mark.slow
 def test_manual_policy_a_passing_candidate_waits_for_approval_and_nothing_promotes_or_rejects(stack: Stack) -> None:
     pending = {**decision(True, ["ROC AUC 0.672 vs champion 0.664"]), "approval": "PendingManualApproval"}
     queue_lambda_results(STARTED, COMPLETED, pending)
@@ -494,6 +499,7 @@ def test_manual_policy_a_passing_candidate_waits_for_approval_and_nothing_promot
     assert json.loads(message["Message"])["approval"] == "PendingManualApproval"
 
 
+@pytest.mark.slow
 def test_auto_policy_an_approved_candidate_is_promoted_as_before(stack: Stack) -> None:
     approved = {**decision(True, ["ROC AUC 0.672 vs champion 0.664"]), "approval": "Approved"}
     queue_lambda_results(STARTED, COMPLETED, approved, {"champion": CHALLENGER, "promoted": CHALLENGER})
@@ -504,6 +510,7 @@ def test_auto_policy_an_approved_candidate_is_promoted_as_before(stack: Stack) -
     assert run.entered[-4:] == ["Decide", "Promote", "NotifyResult", "Done"]
 
 
+@pytest.mark.slow
 def test_failed_training_is_announced_fails_the_execution_and_never_promotes_or_rejects(stack: Stack) -> None:
     failed = {**IN_PROGRESS, "status": "Failed", "failure_reason": "AlgorithmError: out of memory"}
     queue_lambda_results(STARTED, failed)
@@ -524,6 +531,7 @@ def test_failed_training_is_announced_fails_the_execution_and_never_promotes_or_
     assert message["MessageAttributes"]["execution"]["Value"] == run.arn
 
 
+@pytest.mark.slow
 def test_a_failing_evaluation_is_caught_announced_and_fails_the_execution_before_any_decision(stack: Stack) -> None:
     # moto's lambda-simple functions cannot raise, but a reply over Lambda's 6 MB limit is a function error there
     # as it is in AWS (Function.ResponseSizeTooLarge), and it is not one of the transient errors that are retried.
@@ -541,6 +549,7 @@ def test_a_failing_evaluation_is_caught_announced_and_fails_the_execution_before
     assert "payload size" in json.loads(error["Cause"])["errorMessage"]
 
 
+@pytest.mark.slow
 def test_poll_seconds_defaults_to_a_minute_and_the_execution_name_names_the_job(stack: Stack) -> None:
     queue_lambda_results(STARTED)
     run_input = {"trigger": "schedule", "data_uri": "s3://readmit-data/d.csv", "registry_uri": "s3://readmit-models/r"}

@@ -36,6 +36,7 @@ def assert_same_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> N
 
 
 # ---- the real data ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_real_data_set_validates_completely(data_path: Path) -> None:
     table = read_table(data_path, require_target=True)
 
@@ -183,6 +184,7 @@ MUTATIONS = st.one_of(
     value=MUTATIONS,
     require_target=st.booleans(),
 )
+@pytest.mark.slow
 def test_batch_validator_and_row_parser_agree_on_mutated_real_rows(
     small: pd.DataFrame, row: int, column: str, value: str, require_target: bool
 ) -> None:

@@ -34,6 +34,7 @@ def template() -> dict[str, Any]:
     return yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)
 
 
+@pytest.mark.slow
 def test_cfn_lint_reports_nothing() -> None:
     import os
 
@@ -97,6 +98,7 @@ def test_retraining_triggers_are_the_weekly_schedule_and_the_drift_alarm(templat
     ]
 
 
+@pytest.mark.slow
 def test_sam_validate_lint_accepts_the_template() -> None:
     import os
 

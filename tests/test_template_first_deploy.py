@@ -93,6 +93,7 @@ def parameter_uses(node: Any, schema: dict[str, Any], here: dict[str, Any], path
             yield from parameter_uses(value, schema, _deref(schema, items) if items else {}, f"{path}[]")
 
 
+@pytest.mark.slow
 def test_every_number_parameter_stays_within_the_documented_range_of_the_properties_it_feeds() -> None:
     """EmbedderConcurrency = 1 once passed every check and failed the deploy: an SQS event source's
     ScalingConfig.MaximumConcurrency takes 2-1000. The SAM-generated resources are included (that property only
@@ -118,6 +119,7 @@ def test_every_number_parameter_stays_within_the_documented_range_of_the_propert
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_the_range_check_catches_the_old_embedder_concurrency() -> None:
     template = stack_of(BASE).template
     mapping = next(r for r in template["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping")
@@ -165,6 +167,7 @@ def test_stateful_resources_are_retained_on_delete_and_on_replacement(parameters
     assert any(stack_of(parameters).resource_type(k) == "AWS::KMS::Key" for k in stack_of(parameters).resources)
 
 
+@pytest.mark.slow
 def test_cfn_lint_finds_no_stateful_resource_without_policies() -> None:
     cfn_lint = Path(sys.executable).parent / "cfn-lint"
     done = subprocess.run(

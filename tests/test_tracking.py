@@ -27,6 +27,8 @@ from chalicelib.model.bundle import ModelBundle
 from chalicelib.model.train import TrainConfig, train
 from chalicelib.registry.registry import Registry
 
+pytestmark = pytest.mark.slow  # trains with MLflow tracking and imports MLflow in subprocesses (a minute together)
+
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"n_estimators": 20, "folds": 3, "baselines": False, "holdout_frac": 0.2}
 PACKAGE_ARN = "arn:aws:sagemaker:us-east-1:123456789012:model-package/readmit-models/1"

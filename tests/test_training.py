@@ -67,6 +67,7 @@ def test_thresholds_flag_about_the_top_fifth_of_training_risk(small_bundle: Path
     assert metrics["cv"]["models"]["production"]["flagged_share"] == pytest.approx(0.20, abs=0.01)
 
 
+@pytest.mark.slow
 def test_cli_predict_keeps_every_row_and_marks_invalid_and_excluded(
     small_bundle: Path, sample_csv: Path, tmp_path: Path
 ) -> None:
@@ -92,6 +93,7 @@ def test_cli_predict_keeps_every_row_and_marks_invalid_and_excluded(
     assert all(0 < float(r["risk"]) < 1 and r["risk_tier"] in ("low", "medium", "high") for r in scored)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_prints_metrics_as_json(small_bundle: Path, sample_csv: Path) -> None:
     done = run_cli("evaluate", "--model", str(small_bundle), "--data", str(sample_csv))
     assert done.returncode == 0, done.stderr
@@ -101,6 +103,7 @@ def test_cli_evaluate_prints_metrics_as_json(small_bundle: Path, sample_csv: Pat
     assert metrics["n"] > 8000
 
 
+@pytest.mark.slow
 def test_cli_train_registers_the_first_model_as_champion(sample_csv: Path, tmp_path: Path) -> None:
     registry = tmp_path / "registry"
     done = run_cli(
@@ -129,18 +132,21 @@ def test_cli_train_registers_the_first_model_as_champion(sample_csv: Path, tmp_p
     assert next(csv.DictReader(out.open()))["model_version"] == summary["version"]
 
 
+@pytest.mark.slow
 def test_cli_reports_a_missing_data_file_clearly(tmp_path: Path) -> None:
     done = run_cli("data", "--data", str(tmp_path / "nope.zip"))
     assert done.returncode == 2  # a user mistake
     assert "does not exist" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_cli_predict_without_a_champion_says_what_to_do(tmp_path: Path, sample_csv: Path) -> None:
     done = run_cli("predict", "--model", str(tmp_path / "empty-registry"), "--data", str(sample_csv), "--out", "x.csv")
     assert done.returncode == 2  # a user mistake
     assert "readmit train" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_sagemaker_entry_point_trains_from_the_channel_into_the_model_dir(sample_csv: Path, tmp_path: Path) -> None:
     channel = tmp_path / "input" / "data" / "train"
     channel.mkdir(parents=True)
@@ -151,7 +157,7 @@ def test_sagemaker_entry_point_trains_from_the_channel_into_the_model_dir(sample
         "SM_OUTPUT_DATA_DIR": str(tmp_path / "output"),
         "SM_HPS": json.dumps({"n_estimators": 30, "folds": 3, "baselines": "false"}),
     }
-    script = Path(__file__).resolve().parent.parent / "chalicelib" / "sagemaker_train.py"
+    script = Path(__file__).resolve().parent.parent / "chalicelib" / "model" / "sagemaker_train.py"
     import os
 
     done = subprocess.run(
@@ -180,6 +186,7 @@ def test_the_bundle_stores_intervals_fairness_gaps_and_the_decision_curve(small_
     assert metrics["data_quality"]["missing"]["weight"] > 0
 
 
+@pytest.mark.slow
 def test_cli_evaluate_by_group_prints_points_with_intervals(small_bundle: Path, sample_csv: Path) -> None:
     done = run_cli("evaluate", "--model", str(small_bundle), "--data", str(sample_csv), "--by", "age_band")
     assert done.returncode == 0, done.stderr
@@ -191,6 +198,7 @@ def test_cli_evaluate_by_group_prints_points_with_intervals(small_bundle: Path, 
         assert row.get("note") == "too few to judge" or row["recall"][1] <= row["recall"][0] <= row["recall"][2]
 
 
+@pytest.mark.slow
 def test_cli_evaluate_oof_re_creates_the_out_of_fold_predictions_of_training(
     small_bundle: Path, sample_csv: Path
 ) -> None:

@@ -65,6 +65,7 @@ def alarm_event() -> dict[str, Any]:
     return json.loads((ROOT / "events" / "eventbridge_drift_alarm.json").read_text())
 
 
+@pytest.mark.slow
 def test_the_drift_alarm_entering_alarm_starts_a_drift_retraining(bus: tuple[Any, Any, str]) -> None:
     events, sqs, url = bus
     send(events, alarm_event())
@@ -72,6 +73,7 @@ def test_the_drift_alarm_entering_alarm_starts_a_drift_retraining(bus: tuple[Any
     assert delivered["detail"]["alarmName"] == "readmit-drift-dev" and delivered["detail"]["state"]["value"] == "ALARM"
 
 
+@pytest.mark.slow
 def test_the_rule_hands_the_state_machine_a_valid_drift_execution_input() -> None:
     import yaml
 
@@ -93,6 +95,7 @@ def test_the_rule_hands_the_state_machine_a_valid_drift_execution_input() -> Non
     }
 
 
+@pytest.mark.slow
 def test_the_alarm_returning_to_ok_starts_nothing(bus: tuple[Any, Any, str]) -> None:
     events, sqs, url = bus
     event = alarm_event()
@@ -101,6 +104,7 @@ def test_the_alarm_returning_to_ok_starts_nothing(bus: tuple[Any, Any, str]) -> 
     assert received(sqs, url) == []
 
 
+@pytest.mark.slow
 def test_another_alarm_starts_nothing(bus: tuple[Any, Any, str]) -> None:
     events, sqs, url = bus
     event = alarm_event()

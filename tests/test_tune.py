@@ -14,6 +14,8 @@ from chalicelib.data.tabular import read_table
 from chalicelib.model import tune as tuning
 from chalicelib.model.train import TrainConfig, holdout_split, prepare
 
+pytestmark = pytest.mark.slow  # Optuna studies that train per trial (30 s together)
+
 TINY = {
     "max_depth": tuning.Range(low=2, high=3, integer=True),
     "trees": tuning.Range(low=5, high=10, integer=True, step=5),

@@ -86,6 +86,7 @@ def test_an_empty_store_counts_zero_and_a_search_says_the_index_is_missing(store
         store.search(np.ones(DIM, dtype=np.float32), 5)
 
 
+@pytest.mark.slow
 def test_search_returns_the_exact_nearest_points_best_first_with_their_cosine(store: VectorStore) -> None:
     ids, vectors, payloads = points(60)
     store.upsert(ids, vectors, payloads)

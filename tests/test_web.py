@@ -82,6 +82,7 @@ def test_every_form_control_of_the_page_has_a_label(api: ReadmitAPI) -> None:
     assert set(parser.controls) <= parser.labelled
 
 
+@pytest.mark.slow
 def test_the_openapi_example_is_the_predict_fixture_and_valid_and_codes_carry_their_meaning() -> None:
     fixture = json.loads(json.loads((EVENTS / "api_predict.json").read_text())["body"])
     assert fixture == EXAMPLE

@@ -10,7 +10,8 @@ import pytest
 import xgboost as xgb
 
 from chalicelib.data.tabular import Table
-from chalicelib.features.encoding import FEATURE_NAMES, encode
+from chalicelib.features.encoding import encode
+from chalicelib.features.table import FEATURE_NAMES
 from chalicelib.model import xgboost_calls
 from chalicelib.model.bundle import ModelBundle
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,8 +29,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
-from pydantic import ValidationError
-
+from chalicelib.batch.errors import (  # the errors the steps raise, by the names the state machine catches
+    IncompleteRun,
+    ModelVersionMismatch,
+    NoChampionToScore,
+    SourceMissing,
+)
+from chalicelib.batch.errors import (
+    InvalidEvent as InvalidEvent,  # re-exported: callers read batch_job.InvalidEvent
+)
 from chalicelib.batch.events import RESULTS, BatchJob, MapBatch, MergeInput
 from chalicelib.batch.output import OUTPUT_COLUMNS, STATUSES, Summary, from_csv, merge, score_rows, to_csv
 from chalicelib.batch.rows import Item, RowValidator, from_items, write_items
@@ -39,32 +45,17 @@ from chalicelib.batch.rows import prepare as prepare_items
 from chalicelib.core import settings as app_settings
 from chalicelib.core.audit import PredictionLog, open_prediction_log
 from chalicelib.core.aws_clients import LazyClient
+from chalicelib.core.errors import validated
 from chalicelib.core.telemetry import logger
 from chalicelib.model.bundle import ModelBundle
-from chalicelib.registry.loader import NoChampion, load_model
+from chalicelib.registry.loader import load_model
 from chalicelib.registry.registry import Registry
 
-ENV_CAPACITY_PERCENT = "READMIT_BATCH_CAPACITY_PCT"  # the care team's capacity: the top q% of a list
-ENV_KMS_KEY = "READMIT_BATCH_KMS_KEY"  # the KMS key scored files are written with (else the bucket's default)
+ENV_CAPACITY_PERCENT = app_settings.ENV_BATCH_CAPACITY_PCT  # the care team's capacity: the top q% of a list
+ENV_KMS_KEY = app_settings.ENV_BATCH_KMS_KEY  # the KMS key scored files are written with (else the bucket's default)
 BATCH_ROWS = 1000  # = ItemBatcher.MaxItemsPerBatch in the state machine
-DEFAULT_CAPACITY_PERCENT = 10.0
+DEFAULT_CAPACITY_PERCENT: float = app_settings.default("batch_capacity_pct")
 _FETCH_THREADS = 16
-
-
-class BatchRunError(Exception):
-    """Base class for failures that stop a batch run (bad rows never do)."""
-
-
-class IncompleteRun(BatchRunError):
-    """The scored parts do not hold every prepared row: a batch is missing or was written twice."""
-
-
-class InvalidEvent(BatchRunError):
-    """The event is not what the step expects. The message names fields, never values (they may be rows)."""
-
-
-class ModelVersionMismatch(BatchRunError):
-    """The model found is not the version the run pinned."""
 
 
 # ---- settings and models ---------------------------------------------------------------------------------------
@@ -80,11 +71,12 @@ class BatchSettings:
 
     @classmethod
     def from_env(cls) -> BatchSettings:
+        s = app_settings.Settings.from_env()
         return cls(
-            registry_uri=app_settings.registry_uri(),
-            model_uri=os.environ.get(app_settings.ENV_MODEL) or None,
-            capacity_percent=float(os.environ.get(ENV_CAPACITY_PERCENT) or DEFAULT_CAPACITY_PERCENT),
-            kms_key_id=os.environ.get(ENV_KMS_KEY) or None,
+            registry_uri=app_settings.registry_uri(s.registry),
+            model_uri=s.model,
+            capacity_percent=s.batch_capacity_pct,
+            kms_key_id=s.batch_kms_key,
         )
 
 
@@ -101,7 +93,7 @@ class ModelCache:
             return self.get(None).version
         version = Registry.open(self.settings.registry_uri, s3_client=self.s3_client).get_alias("champion")
         if not version:
-            raise NoChampion(f"the registry at {self.settings.registry_uri} has no champion")
+            raise NoChampionToScore(f"the registry at {self.settings.registry_uri} has no champion")
         return version
 
     def get(self, version: str | None) -> ModelBundle:
@@ -164,7 +156,7 @@ class BatchJobs:
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
                     raise
-        raise FileNotFoundError(f"no object s3://{job.bucket}/{job.key}")
+        raise SourceMissing(f"no object s3://{job.bucket}/{job.key}")
 
     def _encrypted(self, content_type: str) -> dict[str, str]:
         extra = {"ServerSideEncryption": "aws:kms", "ContentType": content_type}
@@ -253,6 +245,7 @@ class BatchJobs:
             counts = summary.to_dict()
             if counts["rows"] != expected_rows:
                 raise IncompleteRun(f"{counts['rows']} rows scored, {expected_rows} prepared")
+            assert isinstance(fh.buffer, io.BufferedRandom)  # what TemporaryFile("w+") wraps: seekable bytes
             fh.buffer.seek(0)
             self.s3.upload_fileobj(fh.buffer, job.bucket, job.scored_key, ExtraArgs=self._encrypted("text/csv"))
         finished = datetime.now(UTC).isoformat().replace("+00:00", "Z")
@@ -297,35 +290,26 @@ def default_jobs() -> BatchJobs:
     return _jobs
 
 
-def _parsed(parse: Callable[[], Any]) -> Any:
-    try:
-        return parse()
-    except ValidationError as exc:
-        problems = exc.errors(include_input=False, include_url=False)
-        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in problems[:10])
-        raise InvalidEvent(f"{exc.error_count()} invalid fields: {where}") from None
-
-
 def score(event: dict[str, Any], jobs: BatchJobs | None = None) -> dict[str, Any]:
     """BatchScoreFunction: a Distributed Map batch ({"Items", "BatchInput"}) or a whole small file (a job, or the
     S3 Object Created event itself)."""
     jobs = jobs or default_jobs()
     if "Items" in event:
-        return jobs.score_batch(_parsed(lambda: MapBatch.model_validate(event)))
-    return jobs.score_file(_parsed(lambda: BatchJob.from_event(event)))
+        return jobs.score_batch(validated(lambda: MapBatch.model_validate(event)))
+    return jobs.score_file(validated(lambda: BatchJob.from_event(event)))
 
 
 def score_map_batch(event: dict[str, Any], jobs: BatchJobs | None = None) -> dict[str, Any]:
     """BatchScoreMapFunction: one Distributed Map batch only ({"Items", "BatchInput"}), so that function never
     holds the whole-file path (or its permissions)."""
-    return (jobs or default_jobs()).score_batch(_parsed(lambda: MapBatch.model_validate(event)))
+    return (jobs or default_jobs()).score_batch(validated(lambda: MapBatch.model_validate(event)))
 
 
 def prepare_step(event: dict[str, Any], jobs: BatchJobs | None = None) -> dict[str, Any]:
     """BatchPrepareFunction: the large-file path's first step."""
-    return (jobs or default_jobs()).prepare(_parsed(lambda: BatchJob.from_event(event)))
+    return (jobs or default_jobs()).prepare(validated(lambda: BatchJob.from_event(event)))
 
 
 def merge_step(event: dict[str, Any], jobs: BatchJobs | None = None) -> dict[str, Any]:
     """BatchMergeFunction: the large-file path's last step."""
-    return (jobs or default_jobs()).merge(_parsed(lambda: MergeInput.model_validate(event)))
+    return (jobs or default_jobs()).merge(validated(lambda: MergeInput.model_validate(event)))

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from chalicelib.data.schema import EXCLUDED_DISPOSITIONS, TARGET
-from chalicelib.features.encoding import encode, history_in_file
+from chalicelib.features.encoding import encode
+from chalicelib.features.history import history_in_file
 
 if TYPE_CHECKING:  # imported at call time: ``import_xgboost_lean`` must run before xgboost is first imported, and
     # ``readmit predict`` imports pandas (``tabular``) while the model is checked in another process

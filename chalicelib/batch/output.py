@@ -23,7 +23,8 @@ import numpy as np
 from chalicelib.core.audit import AuditRecord
 from chalicelib.core.identifiers import hash_id
 from chalicelib.data.schema import columns_from_records, is_excluded
-from chalicelib.features.encoding import PatientHistory, encode
+from chalicelib.features.encoding import encode
+from chalicelib.features.history import PatientHistory
 from chalicelib.model.bundle import TIERS, ModelBundle
 from chalicelib.model.explain import factor_lists
 
@@ -107,8 +108,8 @@ def score_rows(model: ModelBundle, rows: Sequence[Any], id_index: int, *, reques
         elif r.line not in scored:
             out.append((eid, "", "", "", model.version, "excluded", EXCLUDED_REASON, str(r.line)))
         else:
-            risk_value, tier, factors = scored[r.line]
-            out.append((eid, f"{risk_value:.6f}", tier, factors, model.version, "scored", "", str(r.line)))
+            risk_value, tier, top_factors = scored[r.line]
+            out.append((eid, f"{risk_value:.6f}", tier, top_factors, model.version, "scored", "", str(r.line)))
     return ScoredBatch(out, audit)
 
 
@@ -125,7 +126,7 @@ def from_csv(data: bytes) -> list[OutputRow]:
     reader = csv.reader(io.StringIO(data.decode()))
     if tuple(next(reader, ())) != OUTPUT_COLUMNS:
         raise ValueError(f"a part must start with the header {','.join(OUTPUT_COLUMNS)}")
-    return [tuple(r) for r in reader]  # type: ignore[misc]
+    return [tuple(r) for r in reader]  # type: ignore[misc]  # a part is to_csv's output: rows of 8 columns
 
 
 def merge(parts: Iterable[Iterable[Sequence[str]]]) -> Iterator[Sequence[str]]:

@@ -28,8 +28,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from chalicelib.data.schema import COLUMN_NAMES, COLUMNS, TARGET, _is_missing, parse_value
-from chalicelib.features.encoding import HISTORY_WIDTH, history_in_file
+from chalicelib.batch.errors import BatchFileError, DuplicateColumns, MissingColumns
+from chalicelib.data.schema import COLUMN_NAMES, COLUMNS, TARGET, Column, is_missing, parse_value
+from chalicelib.features.history import HISTORY_WIDTH, history_in_file
 
 ITEM_FIELDS = ("line", "hist", "row")
 OPTIONAL_COLUMNS = frozenset({TARGET, "patient_nbr"})  # no patient_nbr column: no history features
@@ -37,18 +38,6 @@ REQUIRED_COLUMNS = tuple(c for c in COLUMN_NAMES if c not in OPTIONAL_COLUMNS)
 _HISTORY_INPUTS = ("admission_type_id", "time_in_hospital", "number_inpatient", "discharge_disposition_id")
 
 Item = dict[str, str]
-
-
-class BatchFileError(ValueError):
-    """The file as a whole cannot be scored (not its rows: bad rows are reported, never fatal)."""
-
-
-class MissingColumns(BatchFileError):
-    """The header lacks columns every encounter needs."""
-
-
-class DuplicateColumns(BatchFileError):
-    """The header names a column twice, so a row's value for it would be ambiguous."""
 
 
 @dataclass
@@ -75,12 +64,14 @@ class RowValidator:
         self.has_patient = "patient_nbr" in columns
         index = {name: i for i, name in enumerate(columns)}
         # (column, position, cache of parsed values); ids are all distinct, so they are parsed uncached
-        self._plan = [(c, index[c.name], None if c.kind == "id" else {}) for c in COLUMNS if c.name in index]
+        self._plan: list[tuple[Column, int, dict[str, tuple[Any, str | None]] | None]] = [
+            (c, index[c.name], None if c.kind == "id" else {}) for c in COLUMNS if c.name in index
+        ]
 
     @staticmethod
     def _parse(col: Any, value: str, cache: dict[str, tuple[Any, str | None]] | None) -> tuple[Any, str | None]:
         hit = parse_value(col, value)
-        if hit[1] is not None and col.name == TARGET and _is_missing(value):
+        if hit[1] is not None and col.name == TARGET and is_missing(value):
             hit = (None, None)  # an unlabelled row is fine for scoring
         if cache is not None:
             cache[value] = hit

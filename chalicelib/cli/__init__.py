@@ -1,4 +1,19 @@
 """`readmit`, the command line: each command parses, calls a capability and prints; plus the post-deploy smoke test and
-the Docker-free `sam local invoke`. The top layer: nothing imports it."""
+the Docker-free `sam local invoke`. ``main`` is the entry point and the parser's frame; each command group is a module
+that registers its own subcommands (``data``, ``model``, ``monitor``, ``similar``, ``serve``, ``registry``, ``ops``),
+sharing ``common``. The top layer: nothing imports it."""
 
-__all__ = ["local_invoke", "main", "sam_template", "smoke"]
+__all__ = [
+    "common",
+    "data",
+    "local_invoke",
+    "main",
+    "model",
+    "monitor",
+    "ops",
+    "registry",
+    "sam_template",
+    "serve",
+    "similar",
+    "smoke",
+]

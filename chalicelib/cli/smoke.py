@@ -66,7 +66,7 @@ class SmokeReport(BaseModel):
     region: str | None
     checks: list[Check]
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # mypy refuses decorators over @property; pydantic's documented form
     @property
     def exit_code(self) -> int:
         """2 when the stack could not be used (so nothing else was tried), 1 when a check failed, else 0."""
@@ -299,7 +299,9 @@ def _auth_reason(body: Any) -> str | None:
     the refusal is not about the token (API Gateway's own ``{"message": "Forbidden"}`` for a bad API key)."""
     if not isinstance(body, dict) or body.get("error") not in ("unauthenticated", "forbidden"):
         return None
-    details = body.get("details") if isinstance(body.get("details"), list) else []
+    details = body.get("details")
+    if not isinstance(details, list):
+        details = []
     said = [d.get("message") for d in details if isinstance(d, dict) and d.get("field") == "Authorization"]
     return str(said[0] if said and said[0] else body["error"])[:160]
 

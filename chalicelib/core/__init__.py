@@ -5,6 +5,7 @@ and post-invoke work. Imports nothing else from chalicelib."""
 __all__ = [
     "audit",
     "aws_clients",
+    "errors",
     "identifiers",
     "lambda_step",
     "plotting",

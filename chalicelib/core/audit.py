@@ -12,6 +12,7 @@ which delivers JSON Lines objects into the same ``dt=`` partitions of the S3 log
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import re
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from chalicelib.core import settings
 from chalicelib.core.storage import S3Storage
 
-ENV_PREDICTION_LOG = "READMIT_PREDICTION_LOG"  # s3://bucket/prefix or a folder (the API: also firehose://stream)
+ENV_PREDICTION_LOG = settings.ENV_PREDICTION_LOG  # s3://bucket/prefix or a folder (the API: also firehose://stream)
 FIREHOSE_SCHEME = "firehose://"
 DEFAULT_FOLDER = "predictions"
 AUDIT_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed-width UTC: records sort by time as strings
@@ -330,12 +331,16 @@ class _Prepended:
         head, self._head = self._head[:size], self._head[size:]
         return head + (self._body.read(size - len(head)) if size > len(head) else b"")
 
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Part of the file object GzipFile takes; it seeks only to rewind, which reading forward never does."""
+        raise io.UnsupportedOperation("a streamed S3 body cannot seek")
+
 
 def open_prediction_log(uri: str | None = None, s3_client: Any = None) -> PredictionLog:
     """s3://bucket/prefix is S3, a path a local folder; None means $READMIT_PREDICTION_LOG, else home()/predictions.
     A firehose://stream URI is the API's alone (prediction_stream.open_api_prediction_log): only the API may write
     to the stream, and readers read the S3 prefix it delivers to."""
-    text = uri or os.environ.get(ENV_PREDICTION_LOG) or str(settings.home() / DEFAULT_FOLDER)
+    text = uri or settings.Settings.from_env().prediction_log or str(settings.home() / DEFAULT_FOLDER)
     if text.startswith(FIREHOSE_SCHEME):
         raise InvalidLogUri(
             f"{text!r} is a Firehose stream: only the API writes to it; read the s3:// prefix it delivers to"

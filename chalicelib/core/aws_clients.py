@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+# The services LazyClient makes clients for: boto3's type stubs type client() per service name, so a name outside
+# this list is a type error rather than a runtime surprise (add it here when a module needs a new service).
+AwsService = Literal["bedrock-runtime", "dynamodb", "firehose", "s3", "sagemaker"]
 _generation = 0  # bumped by forget_clients(); a made client remembers the generation it was made in
 
 
@@ -15,7 +18,7 @@ class LazyClient:
     else a client made once by ``factory`` (default ``boto3.client(service)``) and kept there until
     ``forget_clients()`` (an injected client is kept)."""
 
-    def __init__(self, service: str, factory: Callable[[], Any] | None = None) -> None:
+    def __init__(self, service: AwsService, factory: Callable[[], Any] | None = None) -> None:
         self.service = service
         self.factory = factory
         self.slot = ""

@@ -67,7 +67,7 @@ def normalise(value: int | str) -> str:
 def installation_salt(path: Path | None = None) -> str:
     """The per-installation salt at ``path`` (default ``home()/id_salt``), created 0600 on first use."""
     if path is None:  # the hot path (every hashed id): skip building home() while $READMIT_HOME is unchanged
-        home = (os.environ.get(settings.ENV_HOME), os.getcwd())  # the default home is relative to the cwd
+        home = (settings.raw(settings.ENV_HOME), os.getcwd())  # the default home is relative to the cwd
         if (cached := _home_salt.get(home)) is not None:
             return cached
         _home_salt[home] = salt = installation_salt(settings.home() / SALT_FILE)
@@ -105,7 +105,7 @@ def _read_or_create(path: Path) -> str:
     return salt
 
 
-ENV_SALT_SECRET = "READMIT_ID_SALT_SECRET"  # on AWS: a Secrets Manager secret id holding the salt
+ENV_SALT_SECRET = settings.ENV_SALT_SECRET  # on AWS: a Secrets Manager secret id holding the salt
 
 
 def secret_salt(secret_id: str, client: Any = None) -> str:
@@ -127,9 +127,10 @@ def _resolve_salt(salt: str | None) -> str:
         if not salt:
             raise EmptySalt("the salt must not be empty")
         return salt
-    if secret_id := os.environ.get(ENV_SALT_SECRET):
+    # per request: settings.raw reads the two declared variables, without building Settings each time
+    if secret_id := settings.raw(ENV_SALT_SECRET):
         return secret_salt(secret_id)
-    return os.environ.get(settings.ENV_SALT) or installation_salt()
+    return settings.raw(settings.ENV_SALT) or installation_salt()
 
 
 def hash_id(value: int | str, salt: str | None = None, *, kind: str) -> str:

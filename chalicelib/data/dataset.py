@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from chalicelib.core.settings import ENV_DATA
+from chalicelib.core.settings import ENV_DATA, Settings
 
 UCI_URL = "https://archive.ics.uci.edu/static/public/296/diabetes+130-us+hospitals+for+years+1999-2008.zip"
 # sha256 of diabetic_data.csv with carriage returns removed (the archive's packing and line endings vary).
@@ -50,7 +50,7 @@ def cache_dir() -> Path:
 def locate(path: str | Path | None = None, *, download: bool = True) -> Path:
     """Where the data set is: explicit path, $READMIT_DATA, the cache, the provided ../shared copy, else a
     verified download from UCI."""
-    for candidate, origin in ((path, "--data"), (os.environ.get(ENV_DATA), f"${ENV_DATA}")):
+    for candidate, origin in ((path, "--data"), (Settings.from_env().data, f"${ENV_DATA}")):
         if candidate:
             p = Path(candidate).expanduser()
             if not p.exists():

@@ -9,7 +9,7 @@ outside the schema is reported with the field and the allowed values, never coer
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -296,7 +296,8 @@ def _parse_int(value: Any) -> int | None:
     return None
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """None, the UCI set's '?' or an empty cell: a missing value, whatever the column."""
     return value is None or value == MISSING or value == ""
 
 
@@ -308,7 +309,7 @@ def _allowed_text(col: Column) -> str:
 
 def parse_value(col: Column, value: Any) -> tuple[Any, str | None]:
     """Parse one raw value; return (typed value, None) or (None, reason)."""
-    if _is_missing(value):
+    if is_missing(value):
         if col.nullable:
             return None, None
         return None, "is required" if value is None or value == "" else "is required and may not be '?'"
@@ -344,10 +345,10 @@ def parse_encounter(
     errors: list[FieldError] = []
     for col in COLUMNS:
         value = raw.get(col.name)
-        if col.name in IDENTIFIERS and not require_ids and _is_missing(value):
+        if col.name in IDENTIFIERS and not require_ids and is_missing(value):
             record[col.name] = None
             continue
-        if col.name == TARGET and not require_target and _is_missing(value):
+        if col.name == TARGET and not require_target and is_missing(value):
             record[col.name] = None
             continue
         parsed, problem = parse_value(col, value)
@@ -383,7 +384,7 @@ _ICD9_INPUTS = tuple(c.name for c in FEATURE_INPUTS if c.kind == "icd9")
 _NUMBER_INPUTS = tuple(c.name for c in FEATURE_INPUTS if c.kind not in ("category", "icd9"))
 
 
-def columns_from_records(records: list[Mapping[str, Any]]) -> dict[str, Any]:
+def columns_from_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Columnar form of parsed records (no pandas: this is the online path).
 
     One array per kind, built in one call and handed out row by row, because one request would otherwise

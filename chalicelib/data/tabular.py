@@ -24,7 +24,7 @@ from chalicelib.data.schema import (
     POSITIVE_LABEL,
     TARGET,
     Column,
-    _is_missing,
+    is_missing,
     parse_encounter,
     parse_value,
 )
@@ -72,7 +72,7 @@ def _check(col: Column, s: pd.Series, nullable: bool) -> tuple[np.ndarray, np.nd
         return np.append(ok, False)[codes], np.append(table, np.nan)[codes]
     parsed = [parse_value(col, u) for u in uniques]
     ok = np.array(
-        [problem is None or (nullable and _is_missing(u)) for u, (_, problem) in zip(uniques, parsed, strict=False)]
+        [problem is None or (nullable and is_missing(u)) for u, (_, problem) in zip(uniques, parsed, strict=False)]
         + [False]
     )
     if col.kind == "category":
@@ -109,7 +109,7 @@ def _numbers(col: Column, uniques: list[str], nullable: bool) -> tuple[np.ndarra
     ok = good.copy()
     for i in np.flatnonzero(~good).tolist():
         value, problem = parse_value(col, uniques[i])
-        ok[i] = problem is None or (nullable and _is_missing(uniques[i]))
+        ok[i] = problem is None or (nullable and is_missing(uniques[i]))
         values[i] = np.nan if value is None else value
     return ok, values
 

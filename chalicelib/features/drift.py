@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from chalicelib.features.encoding import FEATURE_NAMES
+from chalicelib.features.table import FEATURE_NAMES
 
 PROFILE = "reference.json"
 SAMPLE = "reference_sample.npy"  # a few thousand feature rows (no identifiers) for KS tests

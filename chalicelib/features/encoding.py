@@ -2,253 +2,38 @@
 
 Training, batch prediction and the API all call ``encode``. It is numpy over columns, so a batch of
 100k encounters and a single API request run the same code; the online path builds its one-row columns
-without pandas or scikit-learn. Every feature is documented in ``FEATURES`` (name, how a clinician
-reads it, meaning, source columns); ``docs/features.md`` is generated from it (``readmit features``).
+without pandas or scikit-learn. The features, in column order, are ``table.FEATURES``; the history block
+comes from ``history.py``; ``docs/features.md`` is generated from the table (``docs.py``, ``readmit features``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
 from chalicelib.data.schema import COLUMN_BY_NAME, MEDICATIONS, category_code
 from chalicelib.features import icd9
 from chalicelib.features.icd9 import DIAG_GROUPS
-
-HISTORY = "history"  # pseudo-column: the same patient's earlier encounters (never their outcomes)
-Columns = Mapping[str, np.ndarray]
-
-
-@dataclass(frozen=True, slots=True)
-class Feature:
-    name: str
-    label: str  # what the feature means when it is 1 (or its value); factors are named by concept (explain.py)
-    sources: tuple[str, ...]
-    meaning: str
-
-
-SULFONYLUREAS = (
-    "chlorpropamide",
-    "glimepiride",
-    "acetohexamide",
-    "glipizide",
-    "glyburide",
-    "tolbutamide",
-    "tolazamide",
-    "glyburide-metformin",
-    "glipizide-metformin",
-    "glimepiride-pioglitazone",
-)
-THIAZOLIDINEDIONES = (
-    "pioglitazone",
-    "rosiglitazone",
-    "troglitazone",
-    "glimepiride-pioglitazone",
-    "metformin-rosiglitazone",
-    "metformin-pioglitazone",
-)
-METFORMINS = (
-    "metformin",
-    "glyburide-metformin",
-    "glipizide-metformin",
-    "metformin-rosiglitazone",
-    "metformin-pioglitazone",
-)
-RACES = ("Caucasian", "AfricanAmerican", "Hispanic", "Asian", "Other")
-DIAGS = ("diag_1", "diag_2", "diag_3")
-UTILISATION = ("number_outpatient", "number_emergency", "number_inpatient")
-COUNTS = (
-    "time_in_hospital",
-    "num_lab_procedures",
-    "num_procedures",
-    "num_medications",
-    "number_diagnoses",
-    "number_outpatient",
-    "number_emergency",
-    "number_inpatient",
+from chalicelib.features.table import (
+    ADMISSION_GROUPS,
+    COUNTS,
+    DIAGS,
+    DISCHARGE_GROUPS,
+    FEATURE_NAMES,
+    FEATURES,
+    METFORMINS,
+    PAYERS,
+    RACES,
+    SOURCE_GROUPS,
+    SPECIALTY_GROUPS,
+    SULFONYLUREAS,
+    THIAZOLIDINEDIONES,
+    Columns,
+    specialty_group,
 )
 
-
-# ---- groupings of coded columns (documented in FEATURES) ------------------------------------------
-ADMISSION_GROUPS = {"emergency": (1, 7), "urgent": (2,), "elective": (3,), "type_unknown": (5, 6, 8)}
-SOURCE_GROUPS = {
-    "emergency_room": (7,),
-    "referral": (1, 2, 3),
-    "transfer": (4, 5, 6, 10, 18, 22, 25, 26),
-    "unknown": (9, 15, 17, 20, 21),
-}
-DISCHARGE_GROUPS = {
-    "home": (1,),
-    "home_health": (6, 8),
-    "facility": (3, 4, 15, 24),
-    "left_ama": (7,),
-    "transfer": (2, 5, 9, 10, 16, 17, 22, 23, 27, 28, 29, 30),
-}  # unknown: 12, 18, 25, 26; excluded from the cohort: 11, 13, 14, 19, 20, 21
-FACILITY_DISCHARGES = frozenset(DISCHARGE_GROUPS["facility"])
-DISCHARGE_LABELS = {
-    "home": "home",
-    "home_health": "home with home health",
-    "facility": "to nursing/skilled facility",
-    "transfer": "transferred to other care",
-    "left_ama": "left against medical advice",
-}
-SPECIALTY_GROUPS = ("internal_medicine", "emergency", "family_practice", "cardiology", "surgery", "missing")
-PAYERS = {"medicare": "MC", "medicaid": "MD", "self": "SP"}
-
-
-def _specialty_group(specialty: str) -> str:
-    if specialty in ("InternalMedicine", "Hospitalist"):
-        return "internal_medicine"
-    if specialty == "Emergency/Trauma":
-        return "emergency"
-    if specialty == "Family/GeneralPractice":
-        return "family_practice"
-    if specialty.startswith("Cardiology"):
-        return "cardiology"
-    if specialty.startswith(("Surg", "Orthopedics")):
-        return "surgery"
-    return "other"
-
-
-def _f(name: str, label: str, sources: tuple[str, ...] | str, meaning: str) -> Feature:
-    return Feature(name, label, (sources,) if isinstance(sources, str) else sources, meaning)
-
-
-FEATURES: tuple[Feature, ...] = (
-    # demographics and payer
-    _f("age_years", "Age", "age", "Midpoint of the age band, in years"),
-    _f("gender_male", "Sex: male", "gender", "1 male, 0 female, missing when Unknown/Invalid"),
-    *(_f(f"race_{r.lower()}", f"Race: {r}", "race", f"1 when race is {r}") for r in RACES),
-    _f("race_missing", "Race not recorded", "race", "1 when race is '?'"),
-    _f("weight_recorded", "Weight recorded", "weight", "1 when a weight band was recorded (3% of encounters)"),
-    *(_f(f"payer_{k}", f"Payer: {k}", "payer_code", f"1 when payer_code is {v}") for k, v in PAYERS.items()),
-    _f("payer_missing", "Payer not recorded", "payer_code", "1 when payer_code is '?'"),
-    # admission and discharge
-    *(
-        _f(f"admission_{g}", f"Admission: {g.replace('_', ' ')}", "admission_type_id", f"admission_type_id in {ids}")
-        for g, ids in ADMISSION_GROUPS.items()
-    ),
-    *(
-        _f(f"source_{g}", f"Admitted via {g.replace('_', ' ')}", "admission_source_id", f"admission_source_id in {ids}")
-        for g, ids in SOURCE_GROUPS.items()
-    ),
-    *(
-        _f(
-            f"discharge_{g}",
-            f"Discharged {DISCHARGE_LABELS[g]}",
-            "discharge_disposition_id",
-            f"discharge_disposition_id in {ids}",
-        )
-        for g, ids in DISCHARGE_GROUPS.items()
-    ),
-    *(
-        _f(
-            f"specialty_{g}",
-            f"Admitting specialty: {g.replace('_', ' ')}",
-            "medical_specialty",
-            f"Admitting physician's specialty grouped as {g}",
-        )
-        for g in SPECIALTY_GROUPS
-    ),
-    # raw codes, so trees can split finer than the groups above
-    _f("admission_type_code", "Admission type code", "admission_type_id", "admission_type_id as a number"),
-    _f(
-        "discharge_code",
-        "Discharge disposition code",
-        "discharge_disposition_id",
-        "discharge_disposition_id as a number",
-    ),
-    _f("admission_source_code", "Admission source code", "admission_source_id", "admission_source_id as a number"),
-    *(
-        _f(
-            f"{d}_code",
-            f"{'Primary' if d == 'diag_1' else 'Secondary'} diagnosis code",
-            d,
-            f"{d} as a number (V codes 1000+, E codes 2000+), so trees can split ICD-9 ranges",
-        )
-        for d in DIAGS
-    ),
-    # stay and utilisation
-    _f("time_in_hospital", "Length of stay (days)", "time_in_hospital", "Days in hospital"),
-    _f("num_lab_procedures", "Lab tests", "num_lab_procedures", "Lab tests during the stay"),
-    _f("num_procedures", "Procedures", "num_procedures", "Non-lab procedures during the stay"),
-    _f("num_medications", "Medications", "num_medications", "Distinct medications during the stay"),
-    _f("number_diagnoses", "Number of diagnoses", "number_diagnoses", "Diagnoses entered"),
-    _f("number_outpatient", "Outpatient visits (prior year)", "number_outpatient", "Outpatient visits"),
-    _f("number_emergency", "Emergency visits (prior year)", "number_emergency", "Emergency visits"),
-    _f("number_inpatient", "Inpatient stays (prior year)", "number_inpatient", "Inpatient admissions"),
-    _f("total_visits", "All visits (prior year)", UTILISATION, "Outpatient + emergency + inpatient"),
-    _f("any_inpatient", "Any inpatient stay (prior year)", "number_inpatient", "1 when number_inpatient > 0"),
-    # labs
-    _f("a1c_tested", "HbA1c tested", "A1Cresult", "1 when an HbA1c result exists"),
-    _f("a1c_high", "HbA1c > 7%", "A1Cresult", "1 when HbA1c > 7 or > 8"),
-    _f("a1c_over_8", "HbA1c > 8%", "A1Cresult", "1 when HbA1c > 8"),
-    _f("glucose_tested", "Glucose serum tested", "max_glu_serum", "1 when a glucose serum result exists"),
-    _f("glucose_high", "Glucose serum > 200", "max_glu_serum", "1 when max glucose serum > 200 or > 300"),
-    # medications
-    _f("meds_active", "Diabetes drugs prescribed", MEDICATIONS, "Count of the 23 drugs not 'No'"),
-    _f("meds_changed", "Diabetes drug dose changes", MEDICATIONS, "Count of drugs dosed Up or Down"),
-    _f("meds_up", "Diabetes drugs dosed up", MEDICATIONS, "Count of drugs dosed Up"),
-    _f("meds_down", "Diabetes drugs dosed down", MEDICATIONS, "Count of drugs dosed Down"),
-    _f("insulin_on", "On insulin", "insulin", "insulin not 'No'"),
-    _f("insulin_up", "Insulin dosed up", "insulin", "insulin 'Up'"),
-    _f("insulin_down", "Insulin dosed down", "insulin", "insulin 'Down'"),
-    _f("metformin_on", "On metformin", METFORMINS, "Any metformin-containing drug"),
-    _f("sulfonylurea_on", "On a sulfonylurea", SULFONYLUREAS, "Any sulfonylurea-containing drug"),
-    _f("tzd_on", "On a thiazolidinedione", THIAZOLIDINEDIONES, "Any thiazolidinedione-containing drug"),
-    _f("med_change", "Diabetes medication changed", "change", "change == 'Ch'"),
-    _f("diabetes_med", "On diabetes medication", "diabetesMed", "diabetesMed == 'Yes'"),
-    # diagnoses (Strack et al. 2014 ICD-9 groups)
-    *(_f(f"diag1_{g}", f"Primary diagnosis: {g}", "diag_1", f"diag_1 in the {g} ICD-9 group") for g in DIAG_GROUPS),
-    *(_f(f"diags_{g}", f"Diagnoses ({g})", DIAGS, f"How many of diag_1..3 are {g}") for g in DIAG_GROUPS),
-    _f("diags_missing", "Diagnoses not recorded", DIAGS, "How many of diag_1..3 are '?'"),
-    _f("diabetes_uncontrolled", "Uncontrolled diabetes coded", DIAGS, "Any diag 250.x2 / 250.x3"),
-    _f("charlson_index", "Charlson comorbidity index", DIAGS, "Charlson index from diag_1..3 (Quan 2005)"),
-    _f(
-        "lace_score",
-        "LACE score",
-        ("time_in_hospital", "admission_type_id", "number_emergency", *DIAGS),
-        "LACE readmission index (length of stay, acuity, Charlson, ED visits)",
-    ),
-    # interactions
-    _f(
-        "meds_per_day",
-        "Medications per hospital day",
-        ("num_medications", "time_in_hospital"),
-        "num_medications / time_in_hospital",
-    ),
-    _f(
-        "labs_per_day",
-        "Lab tests per hospital day",
-        ("num_lab_procedures", "time_in_hospital"),
-        "num_lab_procedures / time_in_hospital",
-    ),
-    _f(
-        "inpatient_x_los",
-        "Prior stays × length of stay",
-        ("number_inpatient", "time_in_hospital"),
-        "number_inpatient × time_in_hospital",
-    ),
-    _f("age_x_inpatient", "Age × prior stays", ("age", "number_inpatient"), "age_years × number_inpatient"),
-    _f(
-        "a1c_high_and_changed",
-        "High HbA1c and medication changed",
-        ("A1Cresult", "change"),
-        "HbA1c > 7 and change == 'Ch' (Strack et al. 2014)",
-    ),
-    # patient history: earlier encounters in the same file (batch) or the history store (online)
-    _f("hist_encounters", "Earlier encounters on record", HISTORY, "Count of this patient's earlier encounters"),
-    _f("hist_emergency_admissions", "Earlier emergency admissions", HISTORY, "Earlier emergency admissions"),
-    _f("hist_days", "Earlier days in hospital", HISTORY, "Sum of earlier lengths of stay"),
-    _f("hist_max_inpatient", "Earlier max prior-year stays", HISTORY, "Max number_inpatient on earlier encounters"),
-    _f("hist_transfers_to_facility", "Earlier discharges to facilities", HISTORY, "Earlier SNF/ICF discharges"),
-)
-FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
-FEATURE_BY_NAME = {f.name: f for f in FEATURES}
 _IDX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
 
@@ -256,111 +41,6 @@ def _span(prefix: str, names: Iterable[str]) -> slice:
     idx = [_IDX[f"{prefix}{n}"] for n in names]
     assert idx == list(range(idx[0], idx[-1] + 1)), prefix
     return slice(idx[0], idx[-1] + 1)
-
-
-# ---- patient history ------------------------------------------------------------------------------
-@dataclass(slots=True)
-class PatientHistory:
-    """What a patient's earlier encounters tell us. Ordered by encounter_id; outcomes never enter."""
-
-    encounters: int = 0
-    emergency_admissions: int = 0
-    days: int = 0
-    max_inpatient: int = 0
-    transfers_to_facility: int = 0
-
-    def add(self, admission_type_id: int, time_in_hospital: int, number_inpatient: int, discharge: int) -> None:
-        self.encounters += 1
-        self.emergency_admissions += admission_type_id in (1, 7)  # emergency or trauma centre, as elsewhere
-        self.days += time_in_hospital
-        self.max_inpatient = max(self.max_inpatient, number_inpatient)
-        self.transfers_to_facility += discharge in FACILITY_DISCHARGES
-
-    def add_record(self, record: Mapping[str, Any]) -> None:
-        self.add(
-            record["admission_type_id"],
-            record["time_in_hospital"],
-            record["number_inpatient"],
-            record["discharge_disposition_id"],
-        )
-
-    def as_row(self) -> tuple[int, int, int, int, int]:
-        return (self.encounters, self.emergency_admissions, self.days, self.max_inpatient, self.transfers_to_facility)
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PatientHistory:
-        return cls(**{k: int(data.get(k, 0)) for k in cls.__dataclass_fields__})
-
-
-HISTORY_WIDTH = len(PatientHistory.__dataclass_fields__)
-
-
-def history_in_file(patients: list[Any], encounter_ids: list[int], cols: Columns) -> np.ndarray:
-    """History features for a batch: each row sees only the same patient's encounters with a smaller
-    encounter_id in this batch (the same accumulator the online history store uses)."""
-    n = len(patients)
-    if n >= _MANY_ROWS:
-        ids = np.asarray(patients), np.asarray(encounter_ids)
-        if all(a.dtype.kind in "iu" and a.shape == (n,) for a in ids):
-            return _history_sorted(ids[0], ids[1], cols)
-    out = np.zeros((n, HISTORY_WIDTH), dtype=np.float32)
-    adm = cols["admission_type_id"].astype(int).tolist()
-    los = cols["time_in_hospital"].astype(int).tolist()
-    inp = cols["number_inpatient"].astype(int).tolist()
-    dis = cols["discharge_disposition_id"].astype(int).tolist()
-    seen: dict[Any, PatientHistory] = {}
-    for i in sorted(range(n), key=encounter_ids.__getitem__):
-        h = seen.get(patients[i])
-        if h is None:
-            h = seen[patients[i]] = PatientHistory()
-        elif h.encounters:
-            out[i] = h.as_row()
-        h.add(adm[i], los[i], inp[i], dis[i])
-    return out
-
-
-_MANY_ROWS = 1024  # from here on the numpy form below beats the per-row accumulator
-
-
-def _history_sorted(patients: np.ndarray, encounter_ids: np.ndarray, cols: Columns) -> np.ndarray:
-    """``history_in_file``'s answer in numpy, for large batches: the same sums and maxima of earlier encounters.
-
-    Rows are ordered by patient, then encounter_id (ties: input order, as the stable sort above); each row gets
-    its patient's running totals *before* it (exclusive cumulative sums, and a running max of the previous
-    rows' ``number_inpatient``, reset at every patient)."""
-    n = len(patients)
-    order = np.lexsort((encounter_ids, patients))  # stable: equal keys keep input order
-    start = np.ones(n, dtype=bool)
-    start[1:] = patients[order][1:] != patients[order][:-1]
-    group = np.cumsum(start) - 1
-    first = np.flatnonzero(start)
-
-    def earlier_sum(values: np.ndarray) -> np.ndarray:
-        before = np.cumsum(values[order]) - values[order]
-        return before - before[first][group]
-
-    adm = cols["admission_type_id"].astype(np.int64)
-    inpatient = cols["number_inpatient"].astype(np.int64)[order]
-    previous = np.zeros(n, dtype=np.int64)
-    previous[1:] = inpatient[:-1]
-    previous[start] = 0
-    span = int(previous.max(initial=0)) + 1  # offsets keep the running max from crossing patients
-    max_before = np.maximum.accumulate(group * span + previous) - group * span
-    sorted_out = np.column_stack(
-        (
-            np.cumsum(np.ones(n, dtype=np.int64)) - 1 - first[group],
-            earlier_sum(((adm == 1) | (adm == 7)).astype(np.int64)),
-            earlier_sum(cols["time_in_hospital"].astype(np.int64)),
-            max_before,
-            earlier_sum(np.isin(cols["discharge_disposition_id"].astype(np.int64), list(FACILITY_DISCHARGES))),
-        )
-    )
-    out = np.empty((n, HISTORY_WIDTH), dtype=np.float32)
-    out[order] = sorted_out
-    return out
 
 
 # ---- lookup tables: one fancy-index per coded column keeps the one-row path fast ----------------------
@@ -400,7 +80,7 @@ _SPECIALTY = _category_table(
     "medical_specialty",
     {
         **{
-            s: [float(_specialty_group(s) == g) for g in SPECIALTY_GROUPS]
+            s: [float(specialty_group(s) == g) for g in SPECIALTY_GROUPS]
             for s in COLUMN_BY_NAME["medical_specialty"].allowed
         },
         "?": [0.0] * 5 + [1.0],
@@ -468,7 +148,7 @@ def _diag_block(cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     inverse = inverse.reshape(codes.shape)
     group = np.array([i[0] for i in info_u], dtype=np.int16)[inverse]
     mask = np.bitwise_or.reduce(np.array([i[1] for i in info_u], dtype=np.int64)[inverse], axis=1)
-    uncontrolled = np.array([i[2] for i in info_u], dtype=bool)[inverse].any(axis=1)
+    uncontrolled = _any(np.array([i[2] for i in info_u], dtype=bool)[inverse], axis=1)
     numeric = np.array([i[3] for i in info_u], dtype=np.float32)[inverse]
     masks, mask_inverse = np.unique(mask, return_inverse=True)
     charlson = np.array([_charlson(int(m)) for m in masks], dtype=np.float32)[mask_inverse]
@@ -560,23 +240,3 @@ def encode(cols: Columns, history: np.ndarray | None = None) -> np.ndarray:
     if history is not None:
         out[:, _IDX["hist_encounters"] :] = history
     return out
-
-
-def feature_spec_markdown() -> str:
-    """The feature-spec document, generated from ``FEATURES`` so it cannot drift from the code."""
-    lines = [
-        "# Features",
-        "",
-        f"{len(FEATURES)} features, computed by `chalicelib/features/encoding.py::encode` for training, batch and",
-        "the API. All are known at discharge. `history` means the same patient's earlier encounters (ordered by",
-        "`encounter_id`; their outcomes are never used). Generated by `readmit features`; do not edit by hand.",
-        "",
-        "| # | feature | shown as | meaning | source columns |",
-        "|---|---|---|---|---|",
-    ]
-    for i, f in enumerate(FEATURES, 1):
-        srcs = ", ".join(f"`{s}`" for s in f.sources)
-        if len(f.sources) > 6:
-            srcs = ", ".join(f"`{s}`" for s in f.sources[:3]) + f", … ({len(f.sources)} columns)"
-        lines.append(f"| {i} | `{f.name}` | {f.label} | {f.meaning} | {srcs} |")
-    return "\n".join(lines) + "\n"

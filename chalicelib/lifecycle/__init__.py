@@ -2,4 +2,4 @@
 retraining, the retraining state machine's steps and its SageMaker training jobs. Depends on monitoring, registry and
 below."""
 
-__all__ = ["gate", "pipeline", "promotion", "retrain", "sagemaker_jobs"]
+__all__ = ["errors", "gate", "pipeline", "promotion", "retrain", "sagemaker_jobs"]

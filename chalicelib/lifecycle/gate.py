@@ -56,11 +56,12 @@ def _summary(
 ) -> dict[str, Any]:
     """Headline metrics and per-subgroup AUC; with ``cfg``, also the subgroups' bootstrap intervals (resampling
     ``patients``, or encounters when the caller has no patient ids)."""
-    intervals = cfg is not None and cfg.bootstrap_resamples > 0
+    resamples = cfg.bootstrap_resamples if cfg else 0
+    intervals = resamples > 0
     clusters = (patients if patients is not None else np.arange(len(y))) if intervals else None
     m = evaluate(
         y, p, threshold, groups, clusters,
-        resamples=cfg.bootstrap_resamples if cfg else 0, seed=cfg.bootstrap_seed if cfg else SEED,
+        resamples=resamples, seed=cfg.bootstrap_seed if cfg else SEED,
     )  # fmt: skip
     out = {k: m[k] for k in ("n", "roc_auc", "pr_auc", "brier", "ece", "precision", "recall")} | {
         "subgroups": {
@@ -79,7 +80,7 @@ def _summary(
     if intervals:
         out["roc_auc_interval"] = m["intervals"]["roc_auc"]
         out["bootstrap"] = {
-            "resamples": cfg.bootstrap_resamples,
+            "resamples": resamples,
             "unit": "patient" if patients is not None else "encounter",
         }
     return out

@@ -15,12 +15,16 @@ from pydantic import BaseModel, Field
 
 from chalicelib.core.settings import (
     ENV_MODEL_PACKAGE_GROUP,
+    ENV_PREDICTION_LOG,
     ENV_PROMOTION_POLICY,
     ENV_REGISTRY,
     PROMOTION_POLICIES,
+    env_name,
     promotion_policy,
+    raw,
 )
 from chalicelib.core.storage import open_storage
+from chalicelib.lifecycle.errors import AwaitingApproval, GateNotPassed, InvalidGateSetting, ModelRefused
 from chalicelib.lifecycle.promotion import (
     TRIGGERS,
     Decision,
@@ -43,11 +47,7 @@ DEFAULT_SEED = 20260601  # = TrainConfig.seed (not imported: the light steps mus
 # The stack's gate thresholds (template parameters GateMinAuc, GateMaxAucDrop, GateMaxEce), set on the evaluate
 # step so that every execution is judged by them, including one started without a `gate` (`readmit retrain
 # --remote`, a console StartExecution); an execution's `gate` still overrides them field by field.
-GATE_ENV = {
-    "min_auc": "READMIT_GATE_MIN_AUC",
-    "max_auc_drop": "READMIT_GATE_MAX_AUC_DROP",
-    "max_ece": "READMIT_GATE_MAX_ECE",
-}
+GATE_ENV = {field: env_name(f"gate_{field}") for field in ("min_auc", "max_auc_drop", "max_ece")}
 
 
 class RetrainInput(BaseModel):
@@ -82,9 +82,21 @@ def start_training(event: dict[str, Any], jobs: TrainingJobs | None = None) -> d
     return {"job_name": name}
 
 
+class TrainingRef(BaseModel):
+    job_name: str = Field(min_length=1, max_length=63)  # botocore's TrainingJobName
+
+
+class CheckTrainingInput(BaseModel):
+    """The check step's input: StartTraining's result under ``training`` (an invalid one is an InvalidEvent at
+    the handler, which the state machine does not retry)."""
+
+    training: TrainingRef
+
+
 def check_training(event: dict[str, Any], jobs: TrainingJobs | None = None) -> dict[str, Any]:
+    ref = CheckTrainingInput.model_validate(event).training
     jobs = jobs or TrainingJobs()  # polling needs no training settings (the step has none in template.yaml)
-    return jobs.status(event["training"]["job_name"])
+    return jobs.status(ref.job_name)
 
 
 def _fetch(uri: str, dest: Path, s3_client: Any = None) -> Path:
@@ -110,7 +122,7 @@ def gate_config(gate: Mapping[str, Any], env: Mapping[str, str] = os.environ) ->
             try:
                 stack[field] = float(env[name])
             except ValueError:
-                raise ValueError(f"{name}={env[name]!r} is not a number") from None
+                raise InvalidGateSetting(f"{name}={env[name]!r} is not a number") from None
     return GateConfig.from_dict({**stack, **gate})
 
 
@@ -132,7 +144,10 @@ def evaluate(event: dict[str, Any], s3_client: Any = None, sagemaker_client: Any
         bundle_dir = work / "bundle"
         with tarfile.open(archive) as tar:
             tar.extractall(bundle_dir, filter="data")
-        version = registry.register(bundle_dir)  # loads and scores it in a separate process first (model_check)
+        try:  # loads and scores it in a separate process first (model_check)
+            version = registry.register(bundle_dir)
+        except InvalidModel as exc:
+            raise ModelRefused(str(exc)) from exc
         meta = json.loads((bundle_dir / "model.json").read_text())
         challenger = ModelBundle.load(bundle_dir)
         metrics_file = bundle_dir / "metrics.json"
@@ -142,7 +157,7 @@ def evaluate(event: dict[str, Any], s3_client: Any = None, sagemaker_client: Any
             registry, challenger, evaluation_set(data, run.eval_frac, run.seed), gate_config(run.gate)
         )
     champion = registry.champion()
-    group = os.environ.get(ENV_MODEL_PACKAGE_GROUP)
+    group = raw(ENV_MODEL_PACKAGE_GROUP)
     recorded = record_candidate(
         registry,
         version,
@@ -152,7 +167,7 @@ def evaluate(event: dict[str, Any], s3_client: Any = None, sagemaker_client: Any
         champion=champion,
         packages=sm.ModelPackages(group, sagemaker_client) if group else None,
         artifact_uri=event["training"]["model_artifact"],
-        image=os.environ.get("READMIT_TRAINING_IMAGE") or None,
+        image=raw(env_name("training_image")),
         cv=cv,
         mlflow_run_id=(tracking.run_reference(meta) or {}).get("run_id"),
     )
@@ -174,15 +189,15 @@ def promote(event: dict[str, Any], s3_client: Any = None, sagemaker_client: Any 
     registry = Registry.open(event["registry_uri"], s3_client=s3_client)
     decision = _decision(event)
     if not decision.promote:
-        raise ValueError("promote called for a decision that did not pass the gate")
+        raise GateNotPassed("promote called for a decision that did not pass the gate")
     if event["decision"].get("approval") == sm.PENDING_MANUAL_APPROVAL:
-        raise ValueError("promote called for a candidate pending manual approval: a person approves it first")
+        raise AwaitingApproval("promote called for a candidate pending manual approval: a person approves it first")
     version = event["decision"]["challenger_version"]
     try:
         champion = apply_decision(registry, version, decision, trigger=event["trigger"], champion=registry.champion())
     except InvalidModel as exc:
         _reject_package(registry, version, f"refused at promotion: {exc}", sagemaker_client)
-        raise
+        raise ModelRefused(str(exc)) from exc
     return {"champion": champion, "promoted": version}
 
 
@@ -209,7 +224,7 @@ def _package_change(event: dict[str, Any], sagemaker_client: Any) -> tuple[sm.Mo
 
 def _package_registry(package: sm.Package, s3_client: Any) -> tuple[Registry, str]:
     """The registry (the stack's $READMIT_REGISTRY, else the one the package names) and the package's version."""
-    uri = os.environ.get(ENV_REGISTRY) or package.registry_uri
+    uri = raw(ENV_REGISTRY) or package.registry_uri
     if not uri or not package.version:
         raise sm.PackageError(f"{package.arn} names no readmit version or registry (CustomerMetadataProperties)")
     return Registry.open(uri, s3_client=s3_client), package.version
@@ -238,7 +253,7 @@ def promote_package(event: dict[str, Any], s3_client: Any = None, sagemaker_clie
     if shadow_required():  # the promotion rule counts the version's shadow requests in the delivered log
         from chalicelib.core.audit import open_prediction_log
 
-        log = open_prediction_log(os.environ.get("READMIT_PREDICTION_LOG"), s3_client)
+        log = open_prediction_log(raw(ENV_PREDICTION_LOG), s3_client)
     try:
         changed = promote_approved(registry, version, reason=reason, by=package.by, log=log)
     except ShadowNotReady as exc:  # approved; it runs in shadow until the rule is met, then a person promotes it

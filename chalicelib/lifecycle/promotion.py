@@ -125,7 +125,11 @@ def apply_decision(
     registry: Registry, version: str, decision: Decision, *, trigger: str, champion: str | None, by: str = GATE
 ) -> str:
     """Apply the gate's verdict (the auto policy): approve and promote, or reject. Returns the champion afterwards."""
-    extra = {"trigger": trigger, "gate_reasons": decision.reasons, "challenger_metrics": _headline(decision.challenger)}
+    extra: dict[str, Any] = {
+        "trigger": trigger,
+        "gate_reasons": decision.reasons,
+        "challenger_metrics": _headline(decision.challenger),
+    }
     if decision.champion is not None:
         extra["champion_metrics"] = _headline(decision.champion)
         extra["churn"] = decision.churn

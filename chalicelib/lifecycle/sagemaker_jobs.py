@@ -15,14 +15,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chalicelib.core import settings
 from chalicelib.core.aws_clients import LazyClient
+from chalicelib.lifecycle.errors import TrainingConfigMissing
 from chalicelib.model.tracking import ENV_TRACKING_URI
 
-ENV_IMAGE = "READMIT_TRAINING_IMAGE"  # our image in this account's ECR (template parameter TrainingImage)
-ENV_ROLE = "READMIT_SAGEMAKER_ROLE_ARN"
-ENV_OUTPUT = "READMIT_ARTIFACT_URI"  # s3://… prefix for model.tar.gz
-ENV_INSTANCE = "READMIT_TRAINING_INSTANCE"
-ENV_KMS_KEY = "READMIT_TRAINING_KMS_KEY"  # the stack's DataKey: model artifact (S3) and training volume (EBS)
+ENV_IMAGE = settings.ENV_TRAINING_IMAGE  # our image in this account's ECR (template parameter TrainingImage)
+ENV_ROLE = settings.ENV_SAGEMAKER_ROLE_ARN
+ENV_OUTPUT = settings.ENV_ARTIFACT_URI  # s3://… prefix for model.tar.gz
+ENV_INSTANCE = settings.ENV_TRAINING_INSTANCE
+ENV_KMS_KEY = settings.ENV_TRAINING_KMS_KEY  # the stack's DataKey: model artifact (S3) and training volume (EBS)
 
 # What the container prints once trained (chalicelib/model/sagemaker_train.py):
 #   readmit-metric roc_auc=0.68123 ece=0.00512
@@ -47,10 +49,6 @@ LOCAL_STORAGE_FAMILIES = frozenset(
 )
 
 
-class TrainingConfigMissing(KeyError):
-    """A setting the training job needs is not configured."""
-
-
 class TrainingSettings(BaseModel):
     """What StartTraining needs from the stack (template.yaml sets them on StartTrainingFunction)."""
 
@@ -60,7 +58,7 @@ class TrainingSettings(BaseModel):
     role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/")
     output_uri: str = Field(pattern=r"^s3://")
     kms_key_id: str = Field(min_length=1, max_length=2048, pattern=r"^[a-zA-Z0-9:/_-]+$")  # botocore KmsKeyId
-    instance_type: str = Field(default="ml.m5.xlarge", pattern=r"^ml\.")
+    instance_type: str = Field(default=settings.default("training_instance"), pattern=r"^ml\.")
     volume_gb: int = Field(default=10, ge=1)
     max_runtime_s: int = Field(default=3600, ge=1)
     # where the job's run is tracked (chalicelib/model/tracking.py): "off", or a SageMaker MLflow tracking server's ARN;
@@ -69,16 +67,18 @@ class TrainingSettings(BaseModel):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> TrainingSettings:
-        missing = [k for k in (ENV_IMAGE, ENV_ROLE, ENV_OUTPUT, ENV_KMS_KEY) if not env.get(k)]
-        if missing:
+        s = settings.Settings.from_env(env)
+        required = {ENV_IMAGE: s.training_image, ENV_ROLE: s.sagemaker_role_arn, ENV_OUTPUT: s.artifact_uri}
+        required[ENV_KMS_KEY] = s.training_kms_key
+        if missing := [name for name, value in required.items() if not value]:
             raise TrainingConfigMissing(f"set {', '.join(missing)}")
         return cls(
-            image_uri=env[ENV_IMAGE],
-            role_arn=env[ENV_ROLE],
-            output_uri=env[ENV_OUTPUT],
-            kms_key_id=env[ENV_KMS_KEY],
-            instance_type=env.get(ENV_INSTANCE) or "ml.m5.xlarge",
-            mlflow_tracking_uri=env.get(ENV_TRACKING_URI) or "off",
+            image_uri=s.training_image,
+            role_arn=s.sagemaker_role_arn,
+            output_uri=s.artifact_uri,
+            kms_key_id=s.training_kms_key,
+            instance_type=s.training_instance,
+            mlflow_tracking_uri=s.mlflow_tracking_uri or "off",
         )
 
 
@@ -139,7 +139,7 @@ class TrainingJobs:
             "ResourceConfig": resources,
             "StoppingCondition": {"MaxRuntimeInSeconds": s.max_runtime_s},
             # TrainingEnvironmentMap: at most 100 entries, keys [a-zA-Z_][a-zA-Z0-9_]*, values ≤ 512 characters
-            "Environment": {ENV_TRACKING_URI: s.mlflow_tracking_uri, "READMIT_TRAINING_JOB_NAME": name},
+            "Environment": {ENV_TRACKING_URI: s.mlflow_tracking_uri, settings.ENV_TRAINING_JOB_NAME: name},
         }
 
     def start(self, name: str, data_uri: str, hyperparameters: Mapping[str, Any]) -> str:

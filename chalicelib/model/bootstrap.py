@@ -165,8 +165,8 @@ def replicates(
 
     # every grouping as integer codes; "overall" is a grouping with one group
     groupings: dict[str, tuple[np.ndarray, list[str]]] = {"": (np.zeros(len(y), dtype=np.int64), ["all"])}
-    for name, vals in (groups or {}).items():
-        uniq, codes = np.unique(np.asarray(vals).astype(str), return_inverse=True)
+    for name, column in (groups or {}).items():
+        uniq, codes = np.unique(np.asarray(column).astype(str), return_inverse=True)
         groupings[name] = (codes.astype(np.int64), uniq.tolist())
     layouts = {name: _layout(y, p, codes, vals) for name, (codes, vals) in groupings.items()}
     ece_bin = np.minimum((p * ECE_BINS).astype(np.int64), ECE_BINS - 1)

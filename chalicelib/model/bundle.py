@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from chalicelib.features.encoding import FEATURE_NAMES
+from chalicelib.features.table import FEATURE_NAMES
 from chalicelib.model import xgboost_calls
 from chalicelib.model.calibration import Calibrator
 

@@ -81,7 +81,7 @@ def cross_fit(method: str, p: np.ndarray, y: np.ndarray, folds: np.ndarray) -> n
 
 def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error over equal-width probability bins, weighted by bin size (here, not in
-    evaluation.py, because the API's shadow report needs it without scikit-learn)."""
+    evaluation.py, because the API's shadow report and the drift monitor need it without scikit-learn)."""
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     idx = np.minimum((p * bins).astype(int), bins - 1)
@@ -91,3 +91,17 @@ def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
         if m.any():
             total += m.sum() * abs(p[m].mean() - y[m].mean())
     return float(total / len(y))
+
+
+def roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    """ROC AUC as the Mann-Whitney statistic (ties count one half), equal to scikit-learn's roc_auc_score, for
+    code that runs without scikit-learn (the API's shadow report, the drift monitor's realized performance).
+    None when only one class is present."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y, dtype=bool)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        return None
+    ranks = rankdata(np.asarray(p, dtype=np.float64))
+    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))

@@ -116,7 +116,7 @@ def _dca_table(rows: list[dict[str, float]]) -> list[str]:
 
 def _predictor_rows(missing: dict[str, int] | None, cohort_rows: int) -> list[str]:
     from chalicelib.data.schema import FEATURE_INPUTS, MEDICATIONS
-    from chalicelib.features.encoding import FEATURES
+    from chalicelib.features.table import FEATURES
 
     def missing_cell(name: str) -> str:
         if missing is None:
@@ -426,7 +426,7 @@ def dca_plot(rows: list[dict[str, float]]) -> bytes:
 def shap_importance(contribs: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
     """Mean |SHAP| per clinical concept (each concept's features summed per row first), keyed by the concept's
     label: the same grouping the API's factors use, so the card and a patient's factors name the same things."""
-    from chalicelib.features.encoding import FEATURE_NAMES
+    from chalicelib.features.table import FEATURE_NAMES
     from chalicelib.model.explain import importance
 
     if tuple(names) != FEATURE_NAMES:

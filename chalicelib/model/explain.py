@@ -26,14 +26,14 @@ import numpy as np
 
 from chalicelib.data.schema import MEDICATIONS
 from chalicelib.features import icd9
-from chalicelib.features.encoding import (
+from chalicelib.features.history import PatientHistory
+from chalicelib.features.table import (
     DIAGS,
     FEATURE_BY_NAME,
     FEATURE_NAMES,
     METFORMINS,
     SULFONYLUREAS,
     THIAZOLIDINEDIONES,
-    PatientHistory,
 )
 
 TOP_FACTORS = 5
@@ -170,7 +170,7 @@ def _lace(r: Record, _: PatientHistory | None) -> str:
 
 
 def _uncontrolled(r: Record, _: PatientHistory | None) -> str:
-    codes = [c for d in DIAGS if icd9.is_uncontrolled_diabetes(c := r.get(d))]
+    codes = [c for d in DIAGS if (c := r.get(d)) is not None and icd9.is_uncontrolled_diabetes(c)]
     return f"yes ({', '.join(codes)})" if codes else "no (no 250.x2 or 250.x3 code)"
 
 

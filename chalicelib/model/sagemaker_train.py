@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 REQUIRES_PYTHON = (3, 11)  # = pyproject.toml's requires-python (tests/test_sagemaker_container.py checks it)
+# Literal, not settings.ENV_ML_ROOT: up to the Python check this module imports only the standard library (the
+# variable is declared in chalicelib/core/settings.py; tests/test_settings.py checks the two agree).
 ML_ROOT_ENV = "READMIT_ML_ROOT"  # test only
 DEFAULT_ML_ROOT = "/opt/ml"
 COMMAND = "train"  # SageMaker's argument to a training image
@@ -81,13 +83,14 @@ if __package__ in (None, ""):  # run as a script: make `chalicelib` importable f
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError  # noqa: E402 - after the Python check
 
+from chalicelib.core import settings as app_settings  # noqa: E402
 from chalicelib.model import tracking  # noqa: E402
 from chalicelib.model.train import DEFAULT_TREES, TrainConfig, train  # noqa: E402
 
 # Set on the job's Environment by chalicelib/lifecycle/sagemaker_jobs.py (CreateTrainingJob Environment: at most 100
 # variables, values up to 512 characters; botocore shape TrainingEnvironmentMap). No tracking URI means no
 # tracking here: a job's container has no local store worth writing to.
-ENV_JOB_NAME = "READMIT_TRAINING_JOB_NAME"
+ENV_JOB_NAME = app_settings.ENV_TRAINING_JOB_NAME
 
 
 class HyperParameters(BaseModel):
@@ -145,8 +148,8 @@ def tracking_config(env: Mapping[str, str]) -> tuple[tracking.TrackingSettings, 
     """MLflow settings and run tags for a job: the tracking server the job names (READMIT_MLFLOW_TRACKING_URI,
     the stack's MlflowTrackingServerArn) or none; tagged with the job's name when it is known."""
     tags = {tracking.TAG_SOURCE: "sagemaker"}
-    if env.get(ENV_JOB_NAME):
-        tags["sagemaker.training_job"] = env[ENV_JOB_NAME]
+    if job := app_settings.Settings.from_env(env).training_job_name:
+        tags["sagemaker.training_job"] = job
     return tracking.TrackingSettings.from_env(env, local_default=False), tags
 
 

@@ -42,10 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chalicelib.core import settings
 
-ENV_TRACKING_URI = "READMIT_MLFLOW_TRACKING_URI"  # unset: local SQLite under $READMIT_HOME; "off": no tracking
-ENV_EXPERIMENT = "READMIT_MLFLOW_EXPERIMENT"  # experiment name (default: readmit)
+ENV_TRACKING_URI = settings.ENV_MLFLOW_TRACKING_URI  # unset: local SQLite under $READMIT_HOME; "off": no tracking
+ENV_EXPERIMENT = settings.ENV_MLFLOW_EXPERIMENT  # experiment name (default: readmit)
 OFF_VALUES = frozenset({"", "off", "none", "false", "0"})
-DEFAULT_EXPERIMENT = "readmit"
+DEFAULT_EXPERIMENT: str = settings.default("mlflow_experiment")
 # The run's tags that tie it to the registry (read back by tests and by whoever looks at the run in the UI).
 TAG_VERSION = "readmit.version"
 TAG_REGISTRY_VERSION = "readmit.registry_version"
@@ -92,17 +92,17 @@ class TrackingSettings(BaseModel):
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, *, local_default: bool = True) -> TrackingSettings:
         """From ``READMIT_MLFLOW_TRACKING_URI``; unset means the local SQLite store (``local_default``) or off."""
-        raw = env.get(ENV_TRACKING_URI)
-        experiment = env.get(ENV_EXPERIMENT) or DEFAULT_EXPERIMENT
+        s = settings.Settings.from_env(env)
+        raw, experiment = s.mlflow_tracking_uri, s.mlflow_experiment  # raw: "" is off, None unset
         if raw is None and local_default:
-            home = Path(env.get(settings.ENV_HOME) or ".readmit").expanduser().resolve()
+            home = s.home.expanduser().resolve()
             return cls(uri=f"sqlite:///{home / 'mlflow.db'}", experiment=experiment, artifact_location=_artifacts(home))
         if raw is None or raw.strip().lower() in OFF_VALUES:
             return cls(uri=None, experiment=experiment)
         uri = raw.strip()
         location = None
         if uri.startswith("sqlite:"):  # a local database: artifacts beside the other local state, not in the cwd
-            location = _artifacts(Path(env.get(settings.ENV_HOME) or ".readmit").expanduser().resolve())
+            location = _artifacts(s.home.expanduser().resolve())
         return cls(uri=uri, experiment=experiment, artifact_location=location)
 
 
@@ -222,7 +222,7 @@ class Run:
     @property
     def reference(self) -> dict[str, str] | None:
         """What the bundle records: enough to find the run again (the tracking URI it lives in, its ids)."""
-        if not self.active or self.settings is None or self.settings.uri is None:
+        if self.run_id is None or self.settings is None or self.settings.uri is None:  # run_id None: not active
             return None
         return {"run_id": self.run_id, "experiment_id": self.experiment_id or "", "tracking_uri": self.settings.uri}
 
@@ -344,7 +344,11 @@ class Run:
         if not self.active:
             return
         data = meta.get("data") or {}
-        config_values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+        config_values = (
+            dataclasses.asdict(config)
+            if dataclasses.is_dataclass(config) and not isinstance(config, type)  # an instance, not the class
+            else dict(config)
+        )
         params = flat_params(config_values)
         params["calibration.method"] = str((meta.get("calibration") or {}).get("method", ""))
         fingerprint = ("sha256", "rows", "invalid_rows", "cohort_rows", "train_rows")

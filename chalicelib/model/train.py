@@ -22,7 +22,9 @@ from chalicelib.data.dataset import content_sha256
 from chalicelib.data.schema import COLUMN_BY_NAME, EXCLUDED_DISPOSITIONS
 from chalicelib.data.tabular import Table, read_table
 from chalicelib.features import drift
-from chalicelib.features.encoding import FEATURE_NAMES, FEATURES, encode, history_in_file
+from chalicelib.features.encoding import encode
+from chalicelib.features.history import history_in_file
+from chalicelib.features.table import FEATURE_NAMES, FEATURES
 from chalicelib.model import calibration, capacity, evaluation, tracking
 from chalicelib.model import card as model_card
 from chalicelib.model.bundle import dmatrix, probe_rows, write_bundle
@@ -309,9 +311,12 @@ def _train(
     cv_scored = {PRODUCTION: (cv_risk, high)}
     if cfg.baselines:
         with progress_bar(progress, cfg.folds, "baselines' grouped CV", "folds") as update:
-            orig_oof = out_of_fold(
-                X, y, folds, ORIGINAL_PARAMS, ORIGINAL_TREES, cfg, lambda step: (say(f"baseline {step}"), update(1))
-            )
+
+            def baseline_tick(step: str) -> None:
+                say(f"baseline {step}")
+                update(1)
+
+            orig_oof = out_of_fold(X, y, folds, ORIGINAL_PARAMS, ORIGINAL_TREES, cfg, baseline_tick)
         lace_cv = calibration.cross_fit("isotonic", _lace(X), y, folds)
         cv_scored[ORIGINAL] = (orig_oof, _top_share_threshold(orig_oof, cfg.high_share))
         cv_scored[LACE] = (lace_cv, _top_share_threshold(lace_cv, cfg.high_share))

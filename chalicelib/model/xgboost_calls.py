@@ -63,7 +63,7 @@ def _result(shape: ctypes._Pointer, dims: ctypes.c_uint64, out: ctypes._Pointer,
     size = math.prod(expect)
     # XGBoost owns the buffer until this thread's next call: copy it out now.
     return (
-        np.frombuffer((ctypes.c_float * size).from_address(ctypes.addressof(out.contents)), np.float32)
+        np.frombuffer(memoryview((ctypes.c_float * size).from_address(ctypes.addressof(out.contents))), np.float32)
         .reshape(expect)
         .copy()
     )

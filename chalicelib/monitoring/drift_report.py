@@ -33,7 +33,7 @@ def table(report: DriftReport, top: int = 15) -> str:
 def _plot(report: DriftReport, profile: dict[str, Any], X: np.ndarray, risk: np.ndarray) -> dict[str, bytes]:
     from chalicelib.core.plotting import png, pyplot
     from chalicelib.features.drift import bin_fractions, category_fractions
-    from chalicelib.features.encoding import FEATURE_NAMES
+    from chalicelib.features.table import FEATURE_NAMES
 
     plt = pyplot()
     out: dict[str, bytes] = {}

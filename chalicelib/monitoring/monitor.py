@@ -15,7 +15,7 @@ import numpy as np
 
 from chalicelib.core.audit import PredictionLog
 from chalicelib.features import drift
-from chalicelib.features.encoding import FEATURE_NAMES
+from chalicelib.features.table import FEATURE_NAMES
 from chalicelib.registry.registry import Registry
 
 METRICS = (
@@ -70,7 +70,7 @@ def run(
     X, risk, versions = window_arrays(log, since, until)
     report = drift.compare(profile, sample, X, risk, thresholds)
     too_few = report.n < report.thresholds["min_rows"]
-    result = {
+    result: dict[str, Any] = {
         "status": "too few predictions" if too_few else ("drift" if report.drifted else "ok"),
         "model_version": version,
         "served_versions": sorted(versions),

@@ -110,9 +110,8 @@ def realized(
 ) -> dict[str, Any]:
     """Realized metrics for predictions in [since, until). Only predictions older than 30 days count as matured;
     for the rest, the calibrated risks give an *estimate* of how many readmissions to expect."""
-    from sklearn.metrics import roc_auc_score
-
-    from chalicelib.model.evaluation import ece
+    # Without scikit-learn: the drift monitor's Lambda package has none (model.evaluation imports it at load).
+    from chalicelib.model.calibration import ece, roc_auc
 
     now = now or datetime.now(UTC)
     matured_before = now - MATURITY
@@ -133,7 +132,7 @@ def realized(
         out["realized"] = {
             "n": len(joined),
             "readmitted": int(y.sum()),
-            "roc_auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None,
+            "roc_auc": roc_auc(y, p),
             "ece": ece(y, p),
             "high_tier_precision": float(y[high].mean()) if high.any() else None,
             "observed_rate": float(y.mean()),

@@ -214,10 +214,7 @@ class ShadowScorer:
         if not present:  # no shadow alias (or it was removed): nothing to score, and nothing worth a warning
             if provider.model is not None:
                 log.info("shadow alias removed: shadow scoring stops", extra={"model_version": provider.model.version})
-            # the champion's provider keeps its last good model when its alias goes; a shadow must stop instead
-            provider._model = None
-            provider._etag = None
-            provider.status.version = None
+            provider.forget()  # unlike the champion's provider, which keeps its last good model
             return
         provider.refresh_now()  # loads what the alias names (validated in a child process first)
 
@@ -402,32 +399,29 @@ def _pairs(
         c = champion.get(key, False)
         if s is None or c is None:
             ambiguous += 1
-        elif c is False:
-            unpaired += 1
-        else:
+        elif isinstance(c, AuditRecord):
             pairs.append((c, s))
+        else:  # False: no champion record under the key
+            unpaired += 1
     return pairs, {"ambiguous": ambiguous, "shadow_without_champion": unpaired}
 
 
 def auc(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray) -> float | None:
-    """ROC AUC as the Mann-Whitney statistic (ties count one half), as scikit-learn's roc_auc_score: the API has
-    no scikit-learn. None when only one class is present."""
+    """calibration.roc_auc (scikit-learn's value, without scikit-learn, which the API does not have)."""
     import numpy as np
-    from scipy.stats import rankdata
 
-    y = np.asarray(y, dtype=bool)
-    positives, negatives = int(y.sum()), int((~y).sum())
-    if positives == 0 or negatives == 0:
-        return None
-    ranks = rankdata(np.asarray(p, dtype=np.float64))
-    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    from chalicelib.model.calibration import roc_auc
+
+    return roc_auc(np.asarray(y), np.asarray(p))
 
 
 def ece(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, bins: int = 10) -> float:
     """calibration.ece (evaluation's definition, without scikit-learn, which the API does not have)."""
+    import numpy as np
+
     from chalicelib.model.calibration import ece as expected_calibration_error
 
-    return expected_calibration_error(y, p, bins)
+    return expected_calibration_error(np.asarray(y), np.asarray(p), bins)
 
 
 def _realized(
@@ -441,14 +435,17 @@ def _realized(
     if labels is None:
         out["note"] = "no outcomes given"
         return out
-    joined = [(c, s, labels[c.encounter_hash]) for c, s in matured if c.encounter_hash in labels]
+    joined = [
+        (c, s, labels[c.encounter_hash])
+        for c, s in matured
+        if c.encounter_hash is not None and c.encounter_hash in labels
+    ]
     out["labelled"] = len(joined)
     if not joined:
         out["note"] = "no matured, labelled shadow predictions yet (labels mature 30 days after the prediction)"
         return out
     y = [int(label) for _, _, label in joined]
-    for name, at in (("champion", 0), ("shadow", 1)):
-        p = [pair[at].risk for pair in joined]
+    for name, p in (("champion", [c.risk for c, _, _ in joined]), ("shadow", [s.risk for _, s, _ in joined])):
         out[name] = {"n": len(joined), "readmitted": sum(y), "roc_auc": auc(y, p), "ece": ece(y, p)}
     return out
 
@@ -605,7 +602,7 @@ def outcome_labels(uri: str | None = None) -> dict[str, bool] | None:
     from chalicelib.core import settings
     from chalicelib.monitoring.outcomes import OutcomeStore, load_outcome_uploads
 
-    where = uri or os.environ.get("READMIT_OUTCOMES_URI")
+    where = uri or settings.raw(settings.ENV_OUTCOMES_URI)  # per GET /model/shadow: no Settings built
     if where:
         labels, _problems = load_outcome_uploads(where)
         return labels

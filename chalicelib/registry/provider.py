@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chalicelib.core import settings
 from chalicelib.core.storage import StorageError
 from chalicelib.core.telemetry import logger
 from chalicelib.model.bundle import MANIFEST, BundleError, ModelBundle
@@ -28,7 +29,7 @@ from chalicelib.registry.model_check import InvalidModel, require_valid
 from chalicelib.registry.registry import Registry, RegistryError
 
 log = logger
-DEFAULT_CHECK_INTERVAL = 300.0
+DEFAULT_CHECK_INTERVAL: float = settings.default("check_interval")  # $READMIT_CHECK_INTERVAL's default
 NOT_READY_RETRY = 5.0
 
 
@@ -86,6 +87,14 @@ class ModelProvider:
     def refresh_now(self) -> None:
         with self._lock:
             self._refresh()
+
+    def forget(self) -> None:
+        """Drop the loaded model: a shadow provider whose alias was removed must stop scoring, whereas the
+        champion's provider keeps its last good model when its alias goes (``_refresh``)."""
+        with self._lock:
+            self._model = None
+            self._etag = None
+            self.status.version = None
 
     def check_at_next_use(self) -> None:
         """The next ``current()`` checks for a new champion whatever the interval. After a SnapStart restore the

@@ -96,7 +96,7 @@ class ModelPackageStateChange(EventBridgeModel):
 
     source: Literal["aws.sagemaker"]
     detail_type: Literal["SageMaker Model Package State Change"] = Field(alias="detail-type")
-    detail: ModelPackageChange  # type: ignore[assignment]  # narrowing the envelope's generic detail
+    detail: ModelPackageChange  # narrows the envelope's generic detail
 
 
 def is_package_event(event: Mapping[str, Any]) -> bool:

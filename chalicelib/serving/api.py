@@ -19,11 +19,11 @@ from typing import Any
 from pydantic_core import to_json
 
 from chalicelib.core import telemetry
-from chalicelib.core.settings import ENV_MODEL, ENV_REGISTRY, ENV_SHADOW_LOG, registry_uri
+from chalicelib.core.settings import ENV_SHADOW_LOG, Settings, raw, registry_uri
 from chalicelib.data.schema import COLUMN_NAMES, IDENTIFIERS
-from chalicelib.features.encoding import FEATURES
+from chalicelib.features.table import FEATURES
 from chalicelib.monitoring.shadow import ShadowScorer
-from chalicelib.registry.provider import DEFAULT_CHECK_INTERVAL, ModelProvider
+from chalicelib.registry.provider import ModelProvider
 from chalicelib.serving import auth, card
 from chalicelib.serving.api_models import (
     MAX_BATCH_BODY_BYTES,
@@ -60,7 +60,6 @@ from chalicelib.similar.chat import Explainer, Facts
 from chalicelib.similar.search import Neighbours, SimilarPatients
 from chalicelib.similar.vectors import DimensionMismatch, IndexMissing, StoreNotConfigured
 
-ENV_CHECK_INTERVAL = "READMIT_CHECK_INTERVAL"
 UNROUTED = "(unrouted)"  # the route label of unknown paths: bounded metric labels, and no path in the logs
 log = telemetry.logger
 # The names an error detail may carry that are the service's own (UCI columns, envelope fields, the parts of a
@@ -197,10 +196,16 @@ class ReadmitAPI:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ReadmitAPI:
-        registry = None if env.get(ENV_MODEL) else registry_uri(env.get(ENV_REGISTRY))
-        interval = float(env.get(ENV_CHECK_INTERVAL, DEFAULT_CHECK_INTERVAL))
-        provider = ModelProvider(registry_uri=registry, model_uri=env.get(ENV_MODEL) or None, check_interval=interval)
-        provider.status.listeners.append(lambda _old, new: (telemetry.MODEL_SWAPS.inc(), _set_info(new)))
+        s = Settings.from_env(env)  # once, at start-up: an invalid READMIT_* value stops the start here
+        registry = None if s.model else registry_uri(s.registry)
+        interval = s.check_interval
+        provider = ModelProvider(registry_uri=registry, model_uri=s.model, check_interval=interval)
+
+        def on_swap(_old: str, new: str) -> None:
+            telemetry.MODEL_SWAPS.inc()
+            _set_info(new)
+
+        provider.status.listeners.append(on_swap)
         authenticator = auth.from_env(env)  # a wrong setting stops the start, before any model is loaded
         log = open_api_prediction_log(None)
         # A challenger under the registry's "shadow" alias scores beside the champion, off the request path; a
@@ -441,7 +446,7 @@ class ReadmitAPI:
             if not 0 < value <= 24 * 365:
                 raise InvalidQuery("hours", f"must be a number of hours in (0, 8760], got {hours!r}")
             since = now - timedelta(hours=value)
-        readable = os.environ.get(ENV_SHADOW_LOG)
+        readable = raw(ENV_SHADOW_LOG)  # per request: one declared variable, no Settings built
         log = open_prediction_log(readable) if readable else self.predictor.log
         if log is None or isinstance(log, FirehosePredictionLog):  # write-only: the report reads its S3 prefix
             raise ApiError(

@@ -21,7 +21,7 @@ from chalicelib.data.schema import (
     MISSING,
     TARGET,
     Column,
-    _is_missing,
+    is_missing,
     parse_value,
 )
 from chalicelib.serving.errors import (
@@ -81,21 +81,22 @@ def _checker(col: Column, json_types: bool) -> Any:
     optional = _optional(col)
 
     def check(value: Any) -> Any:
-        if optional and _is_missing(value):  # the identifiers and the outcome, which parse_value calls required
+        if optional and is_missing(value):  # the identifiers and the outcome, which parse_value calls required
             return None
         if json_types and (problem := _json_type_error(col, value)):
             raise PydanticCustomError("uci_value", problem)
         key = (type(value), value)
+        hashable = True
         try:
             return known[key]
         except KeyError:
             pass
         except TypeError:  # unhashable (a list or an object): parse_value rejects it below
-            key = None
+            hashable = False
         parsed, problem = parse_value(col, value)
         if problem:
             raise PydanticCustomError("uci_value", problem)
-        if key is not None and len(known) < _KNOWN_VALUES:
+        if hashable and len(known) < _KNOWN_VALUES:
             known[key] = parsed
         return parsed
 
@@ -104,7 +105,7 @@ def _checker(col: Column, json_types: bool) -> Any:
 
 def _json_schema(col: Column) -> dict[str, Any]:
     """The column's JSON Schema, exactly what the checker accepts: in an optional column also null, and the data
-    set's '?' and '' (a blank CSV cell, a form left empty), which schema._is_missing reads as missing. The first
+    set's '?' and '' (a blank CSV cell, a form left empty), which schema.is_missing reads as missing. The first
     branch carries the values proper (the clinician page builds its controls from it)."""
     schema: dict[str, Any]
     if col.kind == "category":
@@ -144,6 +145,12 @@ def _field(col: Column, json_types: bool) -> tuple[Any, Any]:
     return annotated, Field(default=default, alias=col.name)
 
 
+def _fields(json_types: bool) -> dict[str, Any]:
+    """create_model's field definitions (attribute name → (type, FieldInfo)); typed as a plain mapping, since mypy
+    would otherwise match the tuples against create_model's own keyword parameters (__doc__, __base__, ...)."""
+    return {_python_name(c.name): _field(c, json_types) for c in COLUMNS}
+
+
 _ATTRIBUTES = tuple((col.name, _python_name(col.name)) for col in COLUMNS)  # UCI name → model attribute
 
 
@@ -155,20 +162,20 @@ class _EncounterBase(BaseModel):
         return {name: getattr(self, attr) for name, attr in _ATTRIBUTES}
 
 
-Encounter = create_model(  # type: ignore[call-overload]
+Encounter = create_model(
     "Encounter",
     __base__=_EncounterBase,
     __doc__="One hospital encounter in the UCI format (an optional field absent, null, '?' or '' means missing). "
     "`patient_nbr` (optional) lets the service use the patient's earlier encounters; `readmitted` is ignored.",
-    **{_python_name(c.name): _field(c, json_types=True) for c in COLUMNS},
+    **_fields(json_types=True),
 )
 # A /predict/batch item: the same fields, with CSV text read for numbers (the clinician page sends an uploaded
 # file's cells as they are). Not in the OpenAPI document: a batch item that fails is reported in the 200's results.
-BatchEncounter = create_model(  # type: ignore[call-overload]
+BatchEncounter = create_model(
     "BatchEncounter",
     __base__=_EncounterBase,
     __doc__="One /predict/batch item: an Encounter whose numbers may also be CSV text such as '6'.",
-    **{_python_name(c.name): _field(c, json_types=False) for c in COLUMNS},
+    **_fields(json_types=False),
 )
 
 
@@ -242,7 +249,8 @@ def unknown_field_message(name: object) -> str:
     return f"is not a UCI encounter field; did you mean {close[0]!r}?" if close else "is not a UCI encounter field"
 
 
-def _details(exc: ValidationError, prefix: str = "", unknown: str | None = None) -> list[Detail]:
+def validation_details(exc: ValidationError, prefix: str = "", unknown: str | None = None) -> list[Detail]:
+    """A 422's details: each failing field's path and what is wrong with it, never the value sent."""
     details = []
     for err in exc.errors(include_url=False):
         # A location may hold a key the caller chose (an unknown field): escaped and capped, as in a log line.
@@ -337,7 +345,7 @@ def parse_encounter_body(data: Any, prefix: str = "", *, batch_item: bool = Fals
     try:
         return (BatchEncounter if batch_item else Encounter).model_validate(data).to_record()
     except ValidationError as exc:
-        raise ValidationFailed(_details(exc, prefix)) from None
+        raise ValidationFailed(validation_details(exc, prefix)) from None
 
 
 BATCH_SHAPE = '{"encounters": [<encounter>, ...]}'
@@ -356,4 +364,4 @@ def parse_batch_body(data: Any) -> list[Any]:
         return BatchRequest.model_validate(data).encounters
     except ValidationError as exc:
         unknown = f"is not a batch field; the body is {BATCH_SHAPE}"
-        raise ValidationFailed(_details(exc, unknown=unknown), error="invalid batch") from None
+        raise ValidationFailed(validation_details(exc, unknown=unknown), error="invalid batch") from None

@@ -26,10 +26,10 @@ from chalicelib.core import settings
 from chalicelib.core.identifiers import hash_id
 from chalicelib.serving.errors import ApiError, Detail
 
-ENV_AUTH = "READMIT_AUTH"  # none | dev | jwks | apigateway
-ENV_DEV_SECRET = "READMIT_DEV_AUTH_SECRET"  # dev mode's HS256 key (else home()/dev-auth.key)
-ENV_ISSUER = "READMIT_AUTH_ISSUER"  # jwks mode: https://cognito-idp.<region>.amazonaws.com/<user pool id>
-ENV_CLIENT_IDS = "READMIT_AUTH_CLIENT_IDS"  # jwks mode: the app clients whose tokens are accepted (comma-separated)
+ENV_AUTH = settings.ENV_AUTH  # none | dev | jwks | apigateway
+ENV_DEV_SECRET = settings.ENV_DEV_AUTH_SECRET  # dev mode's HS256 key (else home()/dev-auth.key)
+ENV_ISSUER = settings.ENV_AUTH_ISSUER  # jwks mode: https://cognito-idp.<region>.amazonaws.com/<user pool id>
+ENV_CLIENT_IDS = settings.ENV_AUTH_CLIENT_IDS  # jwks mode: the app clients whose tokens are accepted (comma-separated)
 RESOURCE_SERVER = "readmit"  # the Cognito resource server identifier: scopes travel as "readmit/<scope>"
 PREDICT, ADMIN = "predict", "admin"
 SCOPES = (PREDICT, ADMIN)
@@ -274,8 +274,8 @@ class JwksAuth(_JwtAuth):
 
 def dev_secret(create: bool = False) -> str:
     """The dev mode secret: $READMIT_DEV_AUTH_SECRET, else home()/dev-auth.key (created, 0600, when asked)."""
-    if value := os.environ.get(ENV_DEV_SECRET):
-        return value
+    if value := settings.Settings.from_env().dev_auth_secret:
+        return value.get_secret_value()
     path = settings.home() / DEV_KEY_FILE
     if not path.exists():
         if not create:
@@ -293,14 +293,15 @@ def _write_private(path: Path, text: str) -> None:
 
 def from_env(env: Mapping[str, str] = os.environ) -> Authenticator:
     """The authenticator $READMIT_AUTH names (default none); an incomplete setting fails here, at start-up."""
-    mode = (env.get(ENV_AUTH) or "none").strip().lower()
+    s = settings.Settings.from_env(env)
+    mode = s.auth.strip().lower()
     if mode == "none":
         return Authenticator()
     if mode == "apigateway":
         return ApiGatewayAuth()
     if mode == "dev":
-        return DevAuth(env.get(ENV_DEV_SECRET) or dev_secret())
+        return DevAuth(s.dev_auth_secret.get_secret_value() if s.dev_auth_secret else dev_secret())
     if mode == "jwks":
-        ids = frozenset(c.strip() for c in (env.get(ENV_CLIENT_IDS) or "").split(",") if c.strip())
-        return JwksAuth(env.get(ENV_ISSUER) or "", ids)
+        ids = frozenset(c.strip() for c in (s.auth_client_ids or "").split(",") if c.strip())
+        return JwksAuth(s.auth_issuer or "", ids)
     raise AuthConfigError(f"{ENV_AUTH} must be one of {', '.join(MODES)}, got {mode!r}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-import os
 import sqlite3
 import threading
 from collections.abc import Mapping
@@ -25,9 +24,9 @@ from typing import Any, Protocol, runtime_checkable
 from chalicelib.core import settings
 from chalicelib.core.aws_clients import LazyClient
 from chalicelib.core.identifiers import current_salt, hash_id
-from chalicelib.features.encoding import PatientHistory
+from chalicelib.features.history import PatientHistory
 
-ENV_HISTORY = "READMIT_HISTORY"  # history store URI: dynamodb://table-name or a SQLite file path
+ENV_HISTORY = settings.ENV_HISTORY  # history store URI: dynamodb://table-name or a SQLite file path
 DEFAULT_FILE = "history.sqlite3"
 FIELDS = ("admission_type_id", "time_in_hospital", "number_inpatient", "discharge_disposition_id")
 _DYNAMODB = "dynamodb://"
@@ -105,9 +104,9 @@ def unseal(sealed: str, key: str, salt: str) -> int:
     return value - (1 << _ORDER_BITS) if value >= 1 << (_ORDER_BITS - 1) else value
 
 
-def _aggregate(rows: list[tuple[str, str, tuple[int, int, int, int]]], before: int | None, salt: str) -> PatientHistory:
-    """PatientHistory of the rows (key, sealed order, fields) whose encounter_id is below ``before``, in
-    encounter_id order like the batch accumulator."""
+def _aggregate(rows: list[tuple[str, str, tuple[int, ...]]], before: int | None, salt: str) -> PatientHistory:
+    """PatientHistory of the rows (key, sealed order, fields: one int per FIELDS name) whose encounter_id is below
+    ``before``, in encounter_id order like the batch accumulator."""
     opened = sorted((unseal(sealed, key, salt), fields) for key, sealed, fields in rows)
     history = PatientHistory()
     for encounter_id, fields in opened:
@@ -312,7 +311,7 @@ class DynamoDBHistoryStore:
 
 def open_history_store(uri: str | None = None, dynamodb_client: Any = None) -> HistoryStore:
     """dynamodb://table-name is DynamoDB; a path is SQLite; None means $READMIT_HISTORY, else home()/history.sqlite3."""
-    text = uri or os.environ.get(ENV_HISTORY) or str(settings.home() / DEFAULT_FILE)
+    text = uri or settings.Settings.from_env().history or str(settings.home() / DEFAULT_FILE)
     if text.startswith(_DYNAMODB):
         table = text[len(_DYNAMODB) :].strip("/")
         if not table or "/" in table:

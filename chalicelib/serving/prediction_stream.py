@@ -35,7 +35,6 @@ from typing import Any, Literal
 
 from chalicelib.core import post_invoke as post_invoke_module
 from chalicelib.core.audit import (
-    ENV_PREDICTION_LOG,
     FIREHOSE_SCHEME,
     AuditLogError,
     AuditRecord,
@@ -44,6 +43,7 @@ from chalicelib.core.audit import (
     open_prediction_log,
 )
 from chalicelib.core.aws_clients import LazyClient
+from chalicelib.core.settings import Settings
 
 MAX_BATCH_RECORDS = 500
 MAX_BATCH_BYTES = 4_000_000
@@ -299,7 +299,7 @@ def open_api_prediction_log(uri: str | None = None, s3_client: Any = None) -> Pr
     """The API's log: ``firehose://STREAM_NAME`` (from $READMIT_PREDICTION_LOG when ``uri`` is None) is this
     module's stream, anything else what audit.open_prediction_log opens. Kept apart from that function so the
     batch scorer and the drift monitor, which open logs too, cannot reach PutRecordBatch."""
-    text = uri or os.environ.get(ENV_PREDICTION_LOG) or ""
+    text = uri or Settings.from_env().prediction_log or ""
     if text.startswith(FIREHOSE_SCHEME):
         stream = text[len(FIREHOSE_SCHEME) :].strip("/")
         if not stream or "/" in stream:

@@ -15,7 +15,8 @@ import numpy as np
 from chalicelib.core.audit import AUDIT_TIME, AuditRecord, PredictionLog
 from chalicelib.core.identifiers import current_salt, hash_id
 from chalicelib.data.schema import columns_from_records, is_excluded
-from chalicelib.features.encoding import HISTORY_WIDTH, PatientHistory, encode
+from chalicelib.features.encoding import encode
+from chalicelib.features.history import HISTORY_WIDTH, PatientHistory
 from chalicelib.model.bundle import ModelBundle
 from chalicelib.model.explain import factor_lists
 from chalicelib.registry.provider import ModelProvider

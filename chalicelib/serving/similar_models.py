@@ -4,11 +4,11 @@ response shapes for the OpenAPI document."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
-from chalicelib.serving.api_models import Encounter, Factor, _details
+from chalicelib.serving.api_models import Encounter, Factor, validation_details
 from chalicelib.serving.errors import ApiError, Detail, ValidationFailed
 from chalicelib.serving.service import cohort_error
 from chalicelib.similar.chat import FallbackReason, GuardrailPolicy, GuardrailStage
@@ -98,15 +98,18 @@ class IndexNotReady(ApiError):
         super().__init__("similar-patient index not ready", [Detail("index", message)], 503)
 
 
-def _parse(model: type[BaseModel], data: Any) -> tuple[Any, dict[str, Any]]:
+_Envelope = TypeVar("_Envelope", SimilarRequest, ChatRequest)  # the request bodies that carry an encounter
+
+
+def _parse(model: type[_Envelope], data: Any) -> tuple[_Envelope, dict[str, Any]]:
     """(the validated envelope, the parsed encounter record); every bad field of both in one 422."""
     if not isinstance(data, dict):
         raise ValidationFailed([Detail("body", "must be a JSON object")], error="invalid request")
     try:
         envelope = model.model_validate(data)
     except ValidationError as exc:
-        raise ValidationFailed(_details(exc), error="invalid request") from None
-    record: dict[str, Any] = envelope.encounter.to_record()  # type: ignore[attr-defined]
+        raise ValidationFailed(validation_details(exc), error="invalid request") from None
+    record = envelope.encounter.to_record()
     if err := cohort_error(record, prefix="encounter."):
         raise err
     return envelope, record

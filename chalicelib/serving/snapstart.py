@@ -141,19 +141,17 @@ def reseed() -> None:
 
 def _aws_services(env: Mapping[str, str]) -> list[str]:
     """The AWS services the API's settings point at (the stores' URIs, the salt's secret)."""
-    from chalicelib.core.audit import ENV_PREDICTION_LOG
-    from chalicelib.core.identifiers import ENV_SALT_SECRET
-    from chalicelib.core.settings import ENV_MODEL, ENV_REGISTRY
-    from chalicelib.serving.history_store import ENV_HISTORY
+    from chalicelib.core.settings import Settings
 
+    s = Settings.from_env(env)
     services = []
-    if any((env.get(name) or "").startswith("s3://") for name in (ENV_REGISTRY, ENV_MODEL, ENV_PREDICTION_LOG)):
+    if any((uri or "").startswith("s3://") for uri in (s.registry, s.model, s.prediction_log)):
         services.append("s3")
-    if (env.get(ENV_PREDICTION_LOG) or "").startswith("firehose://"):
+    if (s.prediction_log or "").startswith("firehose://"):
         services.append("firehose")
-    if (env.get(ENV_HISTORY) or "").startswith("dynamodb://"):
+    if (s.history or "").startswith("dynamodb://"):
         services.append("dynamodb")
-    if env.get(ENV_SALT_SECRET):
+    if s.id_salt_secret:
         services.append("secretsmanager")
     return services
 

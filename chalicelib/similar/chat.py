@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.core import settings, telemetry
 from chalicelib.core.aws_clients import LazyClient
-from chalicelib.features.encoding import FEATURE_BY_NAME
+from chalicelib.features.table import FEATURE_BY_NAME
 from chalicelib.model.explain import CONCEPT_BY_ID, CONCEPTS
 
 FallbackReason = Literal["not_configured", "throttled", "timeout", "error", "ungrounded", "guardrail"]
@@ -217,7 +217,8 @@ class GuardrailConfig(BaseModel):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> GuardrailConfig | None:
-        identifier, version = env.get(settings.ENV_GUARDRAIL_ID) or "", env.get(settings.ENV_GUARDRAIL_VERSION) or ""
+        s = settings.Settings.from_env(env)
+        identifier, version = s.guardrail_id or "", s.guardrail_version or ""
         if not identifier and not version:
             return None
         if not (identifier and version):
@@ -340,7 +341,7 @@ class Explainer:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Explainer:
-        model = env.get(settings.ENV_CHAT_MODEL)
+        model = settings.Settings.from_env(env).chat_model
         guardrail = GuardrailConfig.from_env(env)  # checked even without a model: a bad setting fails at start-up
         return cls(BedrockChat(model, guardrail=guardrail) if model else None)
 

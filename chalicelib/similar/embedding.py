@@ -23,8 +23,9 @@ import numpy as np
 from chalicelib.core import settings
 from chalicelib.core.aws_clients import LazyClient
 from chalicelib.data.schema import COLUMN_BY_NAME, FEATURE_INPUTS, MEDICATIONS
-from chalicelib.features.encoding import DISCHARGE_GROUPS, DISCHARGE_LABELS, FEATURE_NAMES, Columns, encode
+from chalicelib.features.encoding import encode
 from chalicelib.features.icd9 import diag_group
+from chalicelib.features.table import DISCHARGE_GROUPS, DISCHARGE_LABELS, FEATURE_NAMES, Columns
 
 TITAN_DIMENSIONS = (256, 512, 1024)
 
@@ -210,13 +211,10 @@ class BedrockEmbedder:
 
 def open_embedder(name: str | None = None, env: Mapping[str, str] = os.environ, client: Any = None) -> Embedder:
     """The embedder named explicitly, else by $READMIT_EMBEDDER (default ``local``)."""
-    name = name or env.get(settings.ENV_EMBEDDER) or "local"
+    s = settings.Settings.from_env(env)
+    name = name or s.embedder
     if name == "local":
         return LocalEmbedder()
     if name == "bedrock":
-        return BedrockEmbedder(
-            client,
-            env.get(settings.ENV_EMBED_MODEL) or settings.DEFAULT_EMBED_MODEL,
-            int(env.get(settings.ENV_EMBED_DIMENSIONS) or 512),
-        )
+        return BedrockEmbedder(client, s.embed_model, s.embed_dimensions)
     raise ValueError(f"unknown embedder {name!r}; use local or bedrock")

@@ -16,15 +16,9 @@ import numpy as np
 
 from chalicelib.core.identifiers import hash_id
 from chalicelib.data.schema import COLUMN_BY_NAME, EXCLUDED_DISPOSITIONS
-from chalicelib.features.encoding import (
-    DISCHARGE_GROUPS,
-    DISCHARGE_LABELS,
-    FEATURE_BY_NAME,
-    FEATURE_NAMES,
-    Columns,
-    encode,
-)
+from chalicelib.features.encoding import encode
 from chalicelib.features.icd9 import DIAG_GROUPS
+from chalicelib.features.table import DISCHARGE_GROUPS, DISCHARGE_LABELS, FEATURE_BY_NAME, FEATURE_NAMES, Columns
 from chalicelib.similar.embedding import Embedder, LocalEmbedder
 from chalicelib.similar.vectors import VectorStore
 
@@ -110,8 +104,8 @@ def index_rows(
         part = take(cols, rows)
         X = encode(part)
         vectors = LocalEmbedder.from_features(X) if isinstance(embedder, LocalEmbedder) else embedder.embed(part)
-        ids = [point_id(encounter_ids[i]) for i in rows]
-        store.upsert(ids, vectors, payloads(part, X, [outcomes[i] for i in rows]))
+        ids = [point_id(encounter_ids[int(i)]) for i in rows]
+        store.upsert(ids, vectors, payloads(part, X, [outcomes[int(i)] for i in rows]))
         if progress:
             progress(len(rows))
     store.flush()

@@ -27,11 +27,21 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote_plus
 
-from pydantic import BaseModel
+from aws_lambda_powertools.utilities.parser.models import S3Model, S3RecordModel
+from aws_lambda_powertools.utilities.parser.models.s3 import (
+    S3Bucket,
+    S3Identity,
+    S3Message,
+    S3OwnerIdentify,
+    S3RequestParameters,
+    S3ResponseElements,
+)
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from chalicelib.core import settings, telemetry
 from chalicelib.data.schema import COLUMN_NAMES, TARGET, columns_from_records, is_excluded, parse_encounter
@@ -39,11 +49,12 @@ from chalicelib.similar.embedding import Embedder
 from chalicelib.similar.indexing import OUTCOMES, index_rows
 from chalicelib.similar.vectors import VectorStore
 
-CHUNK_ROWS = 2000  # rows per invocation: with Titan at ~20 calls/s per worker this stays well inside 15 minutes
+# rows per invocation ($READMIT_INGEST_CHUNK_ROWS): with Titan at ~20 calls/s per worker this stays well inside 15 min
+CHUNK_ROWS: int = settings.default("ingest_chunk_rows")
 FORMATS = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".ndjson")
 NOT_AN_OBJECT = "__not_an_object__"
-ENV_INGEST_REPORT_URI = "READMIT_INGEST_REPORT_URI"  # invalid-row reports: s3://bucket/prefix or a folder
-ENV_INGEST_KMS_KEY = "READMIT_INGEST_KMS_KEY"  # the KMS key reports are written with (else the bucket's default)
+ENV_INGEST_REPORT_URI = settings.ENV_INGEST_REPORT_URI  # invalid-row reports: s3://bucket/prefix or a folder
+ENV_INGEST_KMS_KEY = settings.ENV_INGEST_KMS_KEY  # the KMS key reports are written with (else the bucket's default)
 DEFAULT_REPORT_FOLDER = "ingest-reports"  # under $READMIT_HOME when no URI is set (local replays)
 MAX_KEY_BYTES = 1024  # S3 object keys: https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html
 
@@ -130,6 +141,68 @@ def report_key(prefix: str, chunk: Chunk, version: str) -> str:
     return key
 
 
+class S3TestEvent(BaseModel):
+    """The message S3 sends when a notification configuration is saved, which has no Records
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html): nothing to do.
+    Powertools has no model for it."""
+
+    Event: Literal["s3:TestEvent"]
+    Service: str | None = None
+    Bucket: str | None = None
+
+
+# Each override loosens a field Powertools requires and this function never reads; mypy reports a field's type
+# changed in a subclass as [assignment], which pydantic allows.
+class NotifiedBucket(S3Bucket):
+    ownerIdentity: S3OwnerIdentify | None = None  # type: ignore[assignment]  # read nowhere: optional here
+    arn: str | None = None  # type: ignore[assignment]  # never read: optional here
+
+
+class NotifiedMessage(S3Message):
+    s3SchemaVersion: str | None = None  # type: ignore[assignment]  # never read: optional here
+    configurationId: str | None = None  # type: ignore[assignment]  # never read: optional here
+    bucket: NotifiedBucket
+
+
+class NotifiedRecord(S3RecordModel):
+    """Powertools' S3 notification record as this function reads it: a record must come from S3 (eventSource), and
+    only an ObjectCreated event needs its bucket name and object key (``parse_message``); the fields it never reads,
+    which Powertools requires, are optional here, so the same messages are accepted as before the models."""
+
+    eventSource: Literal["aws:s3"]  # no default: a record that does not say it is S3's is poison
+    eventVersion: str | None = None  # type: ignore[assignment]  # never read: optional here
+    awsRegion: str | None = None  # type: ignore[assignment]  # never read: optional here
+    eventTime: datetime | None = None  # type: ignore[assignment]  # never read: optional here
+    eventName: str = ""
+    userIdentity: S3Identity | None = None  # type: ignore[assignment]  # never read: optional here
+    requestParameters: S3RequestParameters | None = None  # type: ignore[assignment]  # never read: optional here
+    responseElements: S3ResponseElements | None = None  # type: ignore[assignment]  # never read: optional here
+    s3: NotifiedMessage | None = None  # type: ignore[assignment]  # never read: optional here
+
+    @model_validator(mode="before")
+    @classmethod
+    def validate_s3_object(cls, values: Any) -> Any:
+        """Replaces Powertools' rule that a non-delete event carries the object's size and eTag (only the key is
+        read here)."""
+        return values
+
+
+class S3Notification(S3Model):
+    """S3 event notifications in an SQS message body: Powertools' S3Model with the records above."""
+
+    Records: list[NotifiedRecord] = Field(min_length=1)  # type: ignore[assignment]  # our record model
+
+
+def _notification_problem(exc: ValidationError) -> str:
+    """Why a body is not an S3 notification this function can read, without any value from it."""
+    locs = [e["loc"] for e in exc.errors(include_url=False, include_input=False)]
+    if any(len(loc) < 2 for loc in locs):
+        return "not an S3 event notification, chunk or backfill message"
+    if any(len(loc) == 2 or loc[2] == "eventSource" for loc in locs):
+        return "a record is not an S3 event"
+    return "an S3 event record without bucket name or object key"
+
+
 def parse_message(body: str) -> list[Chunk] | None:
     """The chunks a message asks for; None for S3's test event (nothing to do); PoisonMessage otherwise."""
     try:
@@ -138,27 +211,28 @@ def parse_message(body: str) -> list[Chunk] | None:
         raise PoisonMessage("the message body is not JSON") from None
     if not isinstance(data, dict):
         raise PoisonMessage("the message body is not a JSON object")
-    if data.get("Event") == "s3:TestEvent":
+    try:
+        S3TestEvent.model_validate(data)
         return None
+    except ValidationError:
+        pass  # not S3's test message
     if isinstance(data.get("chunk"), dict) or isinstance(data.get("backfill"), dict):
         spec = data.get("chunk") or data["backfill"]
         try:
             return [Chunk(str(spec["bucket"]), str(spec["key"]), int(spec.get("start", 0)), _opt_int(spec.get("stop")))]
         except (KeyError, TypeError, ValueError):
             raise PoisonMessage("a chunk or backfill message needs bucket, key and integer start/stop") from None
-    records = data.get("Records")
-    if not isinstance(records, list) or not records:
-        raise PoisonMessage("not an S3 event notification, chunk or backfill message")
+    try:
+        notification = S3Notification.model_validate(data)
+    except ValidationError as exc:
+        raise PoisonMessage(_notification_problem(exc)) from None
     chunks = []
-    for r in records:
-        if not isinstance(r, dict) or r.get("eventSource") != "aws:s3":
-            raise PoisonMessage("a record is not an S3 event")
-        if not str(r.get("eventName", "")).startswith("ObjectCreated:"):
+    for r in notification.Records:
+        if not r.eventName.startswith("ObjectCreated:"):
             continue
-        try:
-            chunks.append(Chunk(r["s3"]["bucket"]["name"], unquote_plus(r["s3"]["object"]["key"])))
-        except (KeyError, TypeError):
-            raise PoisonMessage("an S3 event record without bucket name or object key") from None
+        if r.s3 is None or r.s3.object is None:
+            raise PoisonMessage("an S3 event record without bucket name or object key")
+        chunks.append(Chunk(r.s3.bucket.name, unquote_plus(r.s3.object.key)))  # S3 URL-encodes keys
     return chunks
 
 
@@ -195,10 +269,10 @@ def read_rows(raw: bytes, key: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            parsed = json.loads(line)
         except json.JSONDecodeError:
-            row = None
-        yield i + 1, row if isinstance(row, dict) else {NOT_AN_OBJECT: True}
+            parsed = None
+        yield i + 1, parsed if isinstance(parsed, dict) else {NOT_AN_OBJECT: True}
 
 
 class Ingestor:
@@ -227,15 +301,16 @@ class Ingestor:
         from chalicelib.similar.embedding import open_embedder
         from chalicelib.similar.vectors import open_vector_store
 
+        s = settings.Settings.from_env(env)
         return cls(
             boto3.client("s3"),
             boto3.client("sqs"),
             open_embedder(env=env),
             open_vector_store(env=env),
-            queue_url=env.get(settings.ENV_INGEST_QUEUE_URL),
-            report_uri=env.get(ENV_INGEST_REPORT_URI) or str(settings.home() / DEFAULT_REPORT_FOLDER),
-            kms_key_id=env.get(ENV_INGEST_KMS_KEY) or None,
-            chunk_rows=int(env.get(settings.ENV_INGEST_CHUNK_ROWS) or CHUNK_ROWS),
+            queue_url=s.ingest_queue_url,
+            report_uri=s.ingest_report_uri or str(settings.home() / DEFAULT_REPORT_FOLDER),
+            kms_key_id=s.ingest_kms_key,
+            chunk_rows=s.ingest_chunk_rows,
         )
 
     # -- one message ----------------------------------------------------------------------------------------

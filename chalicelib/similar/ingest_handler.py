@@ -15,7 +15,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 
 from chalicelib.similar.ingest import Ingestor, PoisonMessage
 
@@ -29,25 +29,26 @@ def make_handler(ingestor: Callable[[], Ingestor] = Ingestor.from_env) -> Callab
     tracer = Tracer(service=SERVICE)
     # A batch of nothing but failures is answered with every item listed, not an exception: Lambda retries the
     # listed items either way, and poison-only batches do not count as function errors.
-    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    # Each record is parsed with Powertools' SqsRecordModel; one that does not parse fails alone, like a poison one.
+    processor = BatchProcessor(event_type=EventType.SQS, model=SqsRecordModel, raise_on_entire_batch_failure=False)
     built: list[Ingestor] = []
 
-    def record_handler(record: SQSRecord) -> dict[str, int]:
+    def record_handler(record: SqsRecordModel) -> dict[str, int]:
         if not built:
             built.append(ingestor())
         worker = built[0]
         try:
-            report = worker.handle(record.body)
+            report = worker.handle(str(record.body))
         except PoisonMessage as exc:
-            receives = record.attributes.approximate_receive_count
-            context = {"message_id": record.message_id, "reason": exc.reason, "receive_count": receives}
+            receives = int(record.attributes.ApproximateReceiveCount)  # a string in the SQS record
+            context: dict[str, Any] = {"message_id": record.messageId, "reason": exc.reason, "receive_count": receives}
             logger.warning("poison message: failed, for SQS to move to the DLQ after maxReceiveCount", extra=context)
             metrics.add_metric(name="PoisonMessages", unit=MetricUnit.Count, value=1)
             raise
         metrics.add_metric(name="EncountersIndexed", unit=MetricUnit.Count, value=report.indexed)
         if report.invalid:
             metrics.add_metric(name="InvalidRows", unit=MetricUnit.Count, value=report.invalid)
-            context = {"message_id": record.message_id, "reports": len(report.reports)}
+            context = {"message_id": record.messageId, "reports": len(report.reports)}
             logger.info("invalid rows reported", extra=context)
         return {"indexed": report.indexed, "invalid": report.invalid, "chunks_sent": report.chunks_sent}
 

@@ -42,8 +42,8 @@ class Replication(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    replication_factor: int = Field(2, ge=1)
-    write_consistency_factor: int = Field(1, ge=1)
+    replication_factor: int = Field(settings.default("qdrant_replication_factor"), ge=1)
+    write_consistency_factor: int = Field(settings.default("qdrant_write_consistency"), ge=1)
 
     @model_validator(mode="after")
     def _acks_within_copies(self) -> Replication:
@@ -53,12 +53,11 @@ class Replication(BaseModel):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Replication:
-        values = {
-            "replication_factor": env.get(settings.ENV_QDRANT_REPLICATION_FACTOR),
-            "write_consistency_factor": env.get(settings.ENV_QDRANT_WRITE_CONSISTENCY),
-        }
+        s = settings.Settings.from_env(env)
         try:
-            return cls(**{k: v for k, v in values.items() if v})
+            return cls(
+                replication_factor=s.qdrant_replication_factor, write_consistency_factor=s.qdrant_write_consistency
+            )
         except ValueError as e:
             raise StoreNotConfigured(f"invalid Qdrant replication settings: {e}") from e
 
@@ -73,9 +72,10 @@ def secret_api_key(secret_id: str, client: Any = None) -> str:
 
 def api_key(env: Mapping[str, str]) -> str | None:
     """The server's API key: the Secrets Manager secret when one is named, else the plain variable, else none."""
-    if secret_id := env.get(settings.ENV_QDRANT_API_KEY_SECRET):
-        return secret_api_key(secret_id)
-    return env.get(settings.ENV_QDRANT_API_KEY) or None
+    s = settings.Settings.from_env(env)
+    if s.qdrant_api_key_secret:
+        return secret_api_key(s.qdrant_api_key_secret)
+    return s.qdrant_api_key.get_secret_value() if s.qdrant_api_key else None
 
 
 def qdrant_client(url: str | None = None, path: str | None = None, api_key: str | None = None) -> Any:

@@ -95,16 +95,17 @@ def point_uuid(point_id: str) -> str:
 
 def open_vector_store(name: str | None = None, env: Mapping[str, str] = os.environ) -> VectorStore:
     """The store named explicitly, else by $READMIT_VECTOR_STORE (default ``numpy``)."""
-    name = name or env.get(settings.ENV_VECTOR_STORE) or "numpy"
-    collection = env.get(settings.ENV_VECTOR_COLLECTION) or settings.DEFAULT_COLLECTION
+    s = settings.Settings.from_env(env)
+    name = name or s.vector_store
+    collection = s.vector_collection
     if name == "numpy":
         from chalicelib.similar.numpy_store import NumpyStore
 
-        return NumpyStore(settings.index_dir(env.get(settings.ENV_INDEX_DIR)))
+        return NumpyStore(settings.index_dir(str(s.index_dir) if s.index_dir else None))
     if name == "qdrant":
         from chalicelib.similar.qdrant_store import QdrantStore, Replication, api_key, qdrant_client
 
-        url, path = env.get(settings.ENV_QDRANT_URL), env.get(settings.ENV_QDRANT_PATH)
+        url, path = s.qdrant_url, s.qdrant_path
         # Embedded mode in a deployed Lambda would mean an index per container (sam/readmit invoke run locally).
         if not url and env.get("AWS_LAMBDA_FUNCTION_NAME") and env.get("AWS_SAM_LOCAL") != "true":
             raise StoreNotConfigured(f"on Lambda the qdrant store needs ${settings.ENV_QDRANT_URL} (the EKS service)")
@@ -115,7 +116,7 @@ def open_vector_store(name: str | None = None, env: Mapping[str, str] = os.envir
     if name == "opensearch":
         from chalicelib.similar.opensearch_store import OpenSearchStore, is_serverless, opensearch_client
 
-        url = env.get(settings.ENV_OPENSEARCH_URL)
+        url = s.opensearch_url
         if not url:
             raise StoreNotConfigured(f"the opensearch store needs ${settings.ENV_OPENSEARCH_URL}")
         return OpenSearchStore(opensearch_client(url), collection, serverless=is_serverless(url))

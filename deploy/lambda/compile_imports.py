@@ -1,4 +1,4 @@
-"""Write bytecode for what the API function imports, inside its build folder (run by `make build-ApiFunction`).
+"""Write bytecode for what a function imports, inside its build folder (run by `make build-ApiFunction`, batch-*).
 
 Lambda's /var/task is read-only, so a package without __pycache__ compiles every module it imports on every cold
 start (about 0.8 s of the API's 1.4-1.8 s here). Importing the app and its modules once with the runtime's Python
@@ -24,9 +24,12 @@ def main(folder: str) -> None:
         print(f"note: app imports {exc.name}, provided only by the Lambda runtime; compiling the rest")
     import chalicelib
 
-    for module in pkgutil.iter_modules(chalicelib.__path__):  # the modules routes import on first use
+    # The modules routes import on first use, in every subpackage the package carries (deploy/lambda/package.py
+    # copies only what the handler can import). walk_packages imports each subpackage to find its modules; one that
+    # fails to import is skipped with its modules (onerror), as a module that fails is below.
+    for module in pkgutil.walk_packages(chalicelib.__path__, prefix="chalicelib.", onerror=lambda name: None):
         try:
-            importlib.import_module(f"chalicelib.{module.name}")
+            importlib.import_module(module.name)
         except ImportError:  # training-only modules need pandas or scikit-learn, which the package leaves out
             continue
 

@@ -1,13 +1,14 @@
-"""Scheduled drift monitor: a thin handler over chalicelib.monitoring.monitor, publishing EMF metrics."""
+"""Scheduled drift monitor: a thin handler over chalicelib.monitoring.monitor, publishing EMF metrics. Its event is the
+EventBridge schedule's "Scheduled Event", parsed with Powertools' EventBridgeModel: only its time is read (logged)."""
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from chalicelib.core import settings
@@ -22,11 +23,13 @@ metrics = Metrics(namespace="Readmit", service="readmit")
 @logger.inject_lambda_context(log_event=False)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    scheduled = EventBridgeModel.model_validate(event)  # a ValidationError for anything but an EventBridge event
+    config = settings.Settings.from_env()
     result = monitor.run(
         Registry.open(settings.registry_uri()),  # on AWS both come from the environment; locally, the defaults
         open_prediction_log(),
-        window=timedelta(hours=float(os.environ.get("READMIT_DRIFT_WINDOW_HOURS", "24"))),
-        outcomes_uri=os.environ.get("READMIT_OUTCOMES_URI") or None,
+        window=timedelta(hours=config.drift_window_hours),
+        outcomes_uri=config.outcomes_uri,
     )
     for name, value in result.get("metrics", {}).items():
         unit = MetricUnit.Count if name in ("DriftDetected", "MonitoredPredictions") else MetricUnit.NoUnit
@@ -35,5 +38,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name=name, unit=unit, value=value)
     if result.get("model_version"):
         metrics.add_metadata(key="model_version", value=result["model_version"])
-    logger.info("drift check", extra={"status": result["status"], "alerts": result.get("alerts", [])})
+    logger.info(
+        "drift check",
+        extra={"status": result["status"], "alerts": result.get("alerts", []), "scheduled": scheduled.time.isoformat()},
+    )
     return result
