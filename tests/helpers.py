@@ -1,10 +1,11 @@
 """Helpers several test files share: a Lambda context, the events/ fixtures, a function's handler module, moto S3
-with buckets, and threads started together."""
+with buckets, threads started together, and the commands a make target would run."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -80,3 +81,16 @@ def errors_in_threads(work: Callable[[int], None], threads: int) -> list[BaseExc
     for thread in started:
         thread.join()
     return errors
+
+
+def make_dry_run(*targets: str, **variables: str) -> list[str]:
+    """The commands `make -n` would run (forced with -B), one per line, continuation lines joined."""
+    done = subprocess.run(
+        ["make", "-n", "-B", "--no-print-directory", *targets, *(f"{k}={v}" for k, v in variables.items())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [line for line in done.stdout.replace("\\\n", " ").splitlines() if line.strip()]

@@ -21,6 +21,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from chalicelib.cli.sam_template import load_template
+from tests.helpers import make_dry_run
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = "deploy/constraints.txt"
@@ -46,19 +47,6 @@ def pins() -> dict[str, str]:
 
 def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-
-
-def make_dry_run(*targets: str, **variables: str) -> list[str]:
-    """The commands `make -n` would run (forced with -B), one per line, continuation lines joined."""
-    done = subprocess.run(
-        ["make", "-n", "-B", "--no-print-directory", *targets, *(f"{k}={v}" for k, v in variables.items())],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return [line for line in done.stdout.replace("\\\n", " ").splitlines() if line.strip()]
 
 
 def template_resources() -> dict:

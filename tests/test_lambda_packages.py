@@ -24,6 +24,7 @@ from types import ModuleType
 import pytest
 
 from chalicelib.cli.sam_template import load_template, snake
+from tests.helpers import make_dry_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "deploy" / "lambda" / "package.py"
@@ -67,19 +68,6 @@ def makefile_functions() -> dict[str, str]:
         for name, res in sorted(resources.items())
         if res.get("Metadata", {}).get("BuildMethod") == "makefile"
     }
-
-
-def make_dry_run(target: str, **variables: str) -> list[str]:
-    """The commands `make -n` would run for ``target``, continuation lines joined."""
-    done = subprocess.run(
-        ["make", "-n", "-B", "--no-print-directory", target, *(f"{k}={v}" for k, v in variables.items())],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return [line for line in done.stdout.replace("\\\n", " ").splitlines() if line.strip()]
 
 
 def lay_out(function: str, dest: Path) -> list[str]:

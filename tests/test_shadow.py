@@ -21,8 +21,9 @@ from chalicelib.core.audit import AUDIT_TIME, AuditRecord, LocalPredictionLog
 from chalicelib.core.identifiers import hash_id
 from chalicelib.core.post_invoke import PostInvoke
 from chalicelib.data.schema import EXCLUDED_DISPOSITIONS
-from chalicelib.monitoring import shadow
-from chalicelib.monitoring.shadow import ShadowScorer, shadow_ready, shadow_report
+from chalicelib.monitoring import shadow_report as shadow_reporting
+from chalicelib.monitoring.shadow import ShadowScorer
+from chalicelib.monitoring.shadow_report import shadow_ready, shadow_report
 from chalicelib.registry.provider import ModelProvider
 from chalicelib.registry.registry import SHADOW, Registry
 from chalicelib.serving import auth
@@ -305,9 +306,9 @@ def test_auc_and_ece_match_the_training_sides_definitions() -> None:
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 500)
     p = np.round(rng.random(500), 2)  # rounded: ties, which count one half
-    assert shadow.auc(y, p) == pytest.approx(roc_auc_score(y, p))
-    assert shadow.ece(y, p) == pytest.approx(ece(y, p))
-    assert shadow.auc([1, 1], [0.2, 0.3]) is None
+    assert shadow_reporting.auc(y, p) == pytest.approx(roc_auc_score(y, p))
+    assert shadow_reporting.ece(y, p) == pytest.approx(ece(y, p))
+    assert shadow_reporting.auc([1, 1], [0.2, 0.3]) is None
 
 
 def test_an_ambiguous_or_unpaired_record_is_counted_not_paired(tmp_path: Path) -> None:

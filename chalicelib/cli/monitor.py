@@ -114,7 +114,7 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
     from chalicelib.core.audit import open_prediction_log
-    from chalicelib.monitoring.shadow import current_report, outcome_labels
+    from chalicelib.monitoring.shadow_report import current_report, outcome_labels
     from chalicelib.registry.registry import Registry
 
     now = datetime.now(UTC)

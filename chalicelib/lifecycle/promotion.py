@@ -164,7 +164,7 @@ def promote_approved(
     if registry.state(version) != APPROVED:
         registry.approve(version, reason, by=by)  # validates the stored model
     if shadow_required():
-        from chalicelib.monitoring.shadow import shadow_ready
+        from chalicelib.monitoring.shadow_report import shadow_ready
 
         ready, why = shadow_ready(registry, log, version, now)
         if not ready:

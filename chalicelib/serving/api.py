@@ -306,7 +306,7 @@ class ReadmitAPI:
         return self._handle("/model/plots/{name}", request, run)
 
     def model_shadow(self, request: Request) -> Response:
-        """The shadow model against the champion on the same requests (chalicelib/monitoring/shadow.py's report), and
+        """The shadow model against the champion on the same requests (chalicelib/monitoring/shadow_report.py), and
         this process's shadow worker; ``shadow_version`` null means no shadow model."""
         return self._handle("/model/shadow", request, self._model_shadow)
 
@@ -432,7 +432,7 @@ class ReadmitAPI:
         from datetime import UTC, datetime, timedelta
 
         from chalicelib.core.audit import open_prediction_log
-        from chalicelib.monitoring.shadow import current_report, outcome_labels
+        from chalicelib.monitoring.shadow_report import current_report, outcome_labels
         from chalicelib.registry.registry import Registry
 
         hours = request.query.get("hours")
